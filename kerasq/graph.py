@@ -1,0 +1,130 @@
+"""A flat, editable view of a Sequential or Functional tf_keras model.
+
+``LayerGraph`` lists the model's layers in topological order with the names of the layers
+feeding each one. Transforms (BN folding, activation absorption, wrapping) edit this list and
+``build()`` turns it back into a Functional model. Shared layers and nested models are
+rejected with an error naming them, because a layer called twice has no single set of
+quantization parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kerasq.compat import keras
+
+
+@dataclass
+class Node:
+    """One layer call: ``layer`` applied to the outputs of the nodes named in ``inbound``."""
+
+    layer: keras.layers.Layer
+    inbound: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+
+@dataclass
+class LayerGraph:
+    """Model inputs (``keras.Input`` specs), nodes in topological order, output node names."""
+
+    inputs: dict[str, tuple]  # input name -> shape without batch
+    input_dtypes: dict[str, str]
+    nodes: list[Node]
+    outputs: list[str]
+    name: str = "model"
+
+    @classmethod
+    def from_model(cls, model: keras.Model) -> "LayerGraph":
+        if not isinstance(model, keras.Model) or type(model).__name__ not in ("Sequential", "Functional", "Model"):
+            raise ValueError(
+                "kerasq needs a tf_keras Sequential or Functional model (subclassed models have no "
+                f"inspectable graph). Received: {type(model).__module__}.{type(model).__name__}"
+            )
+        if not model.built or not model.inputs:
+            raise ValueError(
+                f"Model {model.name!r} has no defined input shape; build it with an Input layer or input_shape."
+            )
+        for layer in model.layers:
+            if isinstance(layer, keras.Model):
+                raise ValueError(f"Nested model {layer.name!r} is not supported; flatten it into the outer model.")
+            if len(getattr(layer, "_inbound_nodes", [])) > 1 and not isinstance(model, keras.Sequential):
+                raise ValueError(f"Layer {layer.name!r} is called more than once (shared layer); this is not supported.")
+        if isinstance(model, keras.Sequential):
+            return cls._from_sequential(model)
+        return cls._from_functional(model)
+
+    @classmethod
+    def _from_sequential(cls, model: keras.Sequential) -> "LayerGraph":
+        spec = model.inputs[0]
+        input_name = spec.name.split(":")[0]
+        nodes, previous = [], input_name
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            nodes.append(Node(layer, [previous]))
+            previous = layer.name
+        return cls({input_name: tuple(spec.shape[1:])}, {input_name: spec.dtype.name}, nodes, [previous], model.name)
+
+    @classmethod
+    def _from_functional(cls, model: keras.Model) -> "LayerGraph":
+        config = model.get_config()
+        inputs, dtypes, nodes = {}, {}, []
+        input_names = [entry[0] for entry in config["input_layers"]]
+        for layer_config in config["layers"]:
+            layer = model.get_layer(layer_config["name"])
+            if isinstance(layer, keras.layers.InputLayer):
+                inputs[layer.name] = tuple(layer.output_shape[0][1:] if isinstance(layer.output_shape, list) else layer.output_shape[1:])
+                dtypes[layer.name] = layer.dtype
+                continue
+            inbound_nodes = layer_config["inbound_nodes"]
+            if len(inbound_nodes) != 1:
+                raise ValueError(f"Layer {layer.name!r} is called {len(inbound_nodes)} times; shared layers are not supported.")
+            inbound = []
+            for entry in inbound_nodes[0]:
+                source, node_index, tensor_index = entry[0], entry[1], entry[2]
+                if node_index != 0 or tensor_index != 0:
+                    raise ValueError(f"Layer {layer.name!r} reads output {tensor_index} of call {node_index} of {source!r}; not supported.")
+                inbound.append(source)
+            nodes.append(Node(layer, inbound))
+        missing = [n for n in input_names if n not in inputs]
+        if missing:
+            raise ValueError(f"Model inputs {missing} were not found among the model layers.")
+        outputs = [entry[0] for entry in config["output_layers"]]
+        return cls(inputs, dtypes, nodes, outputs, model.name)
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(f"No layer named {name!r} in model {self.name!r}.")
+
+    def consumers(self, name: str) -> list[Node]:
+        return [node for node in self.nodes if name in node.inbound]
+
+    def remove(self, name: str) -> None:
+        """Drop a single-input node, rewiring its consumers (and model outputs) to its input."""
+        node = self.node(name)
+        if len(node.inbound) != 1:
+            raise ValueError(f"Only single-input layers can be removed; {name!r} has {len(node.inbound)} inputs.")
+        source = node.inbound[0]
+        self.nodes.remove(node)
+        for consumer in self.consumers(name):
+            consumer.inbound = [source if n == name else n for n in consumer.inbound]
+        self.outputs = [source if n == name else n for n in self.outputs]
+
+    def build(self, name: str | None = None) -> keras.Model:
+        """A Functional model applying the nodes' layers in order."""
+        tensors = {n: keras.Input(shape=s, name=n, dtype=self.input_dtypes[n]) for n, s in self.inputs.items()}
+        model_inputs = list(tensors.values())
+        for node in self.nodes:
+            args = [tensors[n] for n in node.inbound]
+            tensors[node.name] = node.layer(args[0] if len(args) == 1 else args)
+        outputs = [tensors[n] for n in self.outputs]
+        return keras.Model(
+            model_inputs if len(model_inputs) > 1 else model_inputs[0],
+            outputs if len(outputs) > 1 else outputs[0],
+            name=name or self.name,
+        )

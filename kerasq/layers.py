@@ -1,0 +1,262 @@
+"""Keras layers that carry quantizers: ``QuantizedLayer`` (a wrapper) and ``QuantizeInput``.
+
+``QuantizedLayer`` runs the wrapped layer with its kernel replaced by ``Q(kernel)``, then the
+activation, with fake quantization where the integer model rounds:
+
+    y = A_q( act( P_q( layer(x; Q(W)) ) ) )
+
+``P_q`` (pre-activation) exists only for activations TFLite runs as a separate op (softmax,
+sigmoid, tanh); for the fusable ones (linear, ReLU, ReLU with a cap) ``A_q`` alone rounds the
+output, exactly as a fused int8 kernel does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from kerasq import ops
+from kerasq.compat import keras, tf
+from kerasq.registry import register
+from kerasq.quantizers import (
+    ActivationQuantizer,
+    FixedRangeQuantizer,
+    MovingAverageQuantizer,
+    Quantizer,
+    WeightGrid,
+    WeightQuantizer,
+    deserialize,
+    serialize,
+)
+
+# Fixed int8 output grids TFLite uses for its non-fusable activation kernels.
+_FIXED_OUTPUT_RANGES = {"softmax": (0.0, 255.0 / 256.0), "sigmoid": (0.0, 255.0 / 256.0), "tanh": (-1.0, 127.0 / 128.0)}
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """An activation kerasq can quantize: ``linear``, ``relu`` (optionally capped), softmax, sigmoid, tanh.
+
+    ``relu`` with ``max_value=6`` is ReLU6, with ``max_value=1`` ReLU1 (``min(max(x, 0), 1)``).
+    """
+
+    kind: str = "linear"
+    max_value: float | None = None
+
+    KINDS = ("linear", "relu", "softmax", "sigmoid", "tanh")
+
+    def __post_init__(self):
+        if self.kind not in self.KINDS:
+            raise ValueError(f"Unsupported activation {self.kind!r}; kerasq quantizes {', '.join(self.KINDS)}.")
+        if self.max_value is not None and (self.kind != "relu" or self.max_value <= 0):
+            raise ValueError(f"max_value applies to a positive ReLU cap only. Received: {self}")
+
+    @classmethod
+    def from_keras(cls, activation: Any) -> "ActivationSpec":
+        """From a Keras activation (function, name, ``ReLU``/``Activation``/``Softmax`` layer)."""
+        if isinstance(activation, ActivationSpec):
+            return activation
+        if isinstance(activation, dict):
+            return cls(**activation)
+        if isinstance(activation, keras.layers.ReLU):
+            cfg = activation.get_config()
+            if cfg.get("negative_slope") or cfg.get("threshold"):
+                raise ValueError(f"ReLU layer {activation.name!r} with a negative slope or threshold is not supported.")
+            cap = cfg.get("max_value")
+            return cls("relu", None if cap is None else float(cap))
+        if isinstance(activation, keras.layers.Softmax):
+            if activation.get_config().get("axis", -1) not in (-1,):
+                raise ValueError(f"Softmax layer {activation.name!r} must act on the last axis.")
+            return cls("softmax")
+        if isinstance(activation, keras.layers.Activation):
+            activation = activation.activation
+        name = activation if isinstance(activation, str) else keras.activations.serialize(activation)
+        if isinstance(name, dict):  # Keras may serialize a function as a config dict
+            name = name.get("config", name.get("class_name"))
+        name = {None: "linear", "relu6": "relu6"}.get(name, name)
+        if name == "relu6":
+            return cls("relu", 6.0)
+        return cls(str(name))
+
+    @property
+    def fusable(self) -> bool:
+        """True when int8 kernels apply it inside the preceding op (clamp of the output range)."""
+        return self.kind in ("linear", "relu")
+
+    def output_quantizer(self) -> FixedRangeQuantizer | None:
+        """The fixed output grid of a non-fusable activation, None for fusable ones."""
+        if self.kind in _FIXED_OUTPUT_RANGES:
+            return FixedRangeQuantizer(*_FIXED_OUTPUT_RANGES[self.kind])
+        return None
+
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        if self.kind == "linear":
+            return x
+        if self.kind == "relu":
+            return tf.nn.relu(x) if self.max_value is None else tf.clip_by_value(x, 0.0, self.max_value)
+        return {"softmax": tf.nn.softmax, "sigmoid": tf.sigmoid, "tanh": tf.tanh}[self.kind](x)
+
+    def to_config(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def kernel_attribute(layer: keras.layers.Layer) -> str | None:
+    """Name of the attribute holding the kernel a weight quantizer replaces."""
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return "depthwise_kernel"
+    if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+        return "kernel"
+    return None
+
+
+def channel_axes(layer: keras.layers.Layer) -> tuple[int, ...]:
+    """Kernel axes of the output channels: ``(-1,)`` for Conv2D/Dense, ``(2, 3)`` for depthwise."""
+    return (2, 3) if isinstance(layer, keras.layers.DepthwiseConv2D) else (-1,)
+
+
+@register("layer")
+class QuantizedLayer(keras.layers.Wrapper):
+    """A Keras layer run with quantized weights and fake-quantized outputs.
+
+    Args:
+      layer: the float layer (its own activation must be linear; the wrapper applies ``activation``).
+      weight_quantizer: quantizer of the kernel, or None for layers without one (Add, pooling).
+      activation: an ``ActivationSpec`` (or its config / a Keras activation).
+      activation_quantizer: rounds the output after the activation.
+      pre_activation_quantizer: rounds the input of a non-fusable activation (softmax' logits).
+    The wrapper takes the wrapped layer's name unless ``name`` is given, so
+    ``qmodel.get_layer("conv1")`` finds the quantized ``conv1``.
+    """
+
+    def __init__(
+        self,
+        layer: keras.layers.Layer,
+        weight_quantizer: WeightQuantizer | dict | None = None,
+        activation: ActivationSpec | dict | str | None = None,
+        activation_quantizer: ActivationQuantizer | dict | None = None,
+        pre_activation_quantizer: ActivationQuantizer | dict | None = None,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", layer.name)
+        super().__init__(layer, **kwargs)
+        self.weight_quantizer = deserialize(weight_quantizer) if isinstance(weight_quantizer, dict) else weight_quantizer
+        self.activation = ActivationSpec.from_keras(activation or "linear")
+        self.activation_quantizer = (
+            deserialize(activation_quantizer) if isinstance(activation_quantizer, dict) else activation_quantizer
+        )
+        self.pre_activation_quantizer = (
+            deserialize(pre_activation_quantizer)
+            if isinstance(pre_activation_quantizer, dict)
+            else pre_activation_quantizer
+        )
+        inner_activation = getattr(layer, "activation", None)
+        if inner_activation is not None and ActivationSpec.from_keras(inner_activation).kind != "linear":
+            raise ValueError(
+                f"QuantizedLayer {layer.name!r}: the wrapped layer's activation must be linear; "
+                "pass the activation to the wrapper. Received: "
+                f"activation={keras.activations.serialize(inner_activation)!r}"
+            )
+        if self.weight_quantizer is not None and kernel_attribute(layer) is None:
+            raise ValueError(f"Layer {layer.name!r} ({type(layer).__name__}) has no kernel to quantize.")
+        self._weight_vars: dict[str, tf.Variable] = {}
+        self._activation_vars: dict[str, tf.Variable] = {}
+        self._pre_activation_vars: dict[str, tf.Variable] = {}
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        if self.weight_quantizer is not None:
+            attr = kernel_attribute(self.layer)
+            self._weight_vars = self.weight_quantizer.build(getattr(self.layer, attr).shape, attr, self)
+        output_shape = self.layer.compute_output_shape(input_shape)
+        if self.pre_activation_quantizer is not None:
+            self._pre_activation_vars = self.pre_activation_quantizer.build(output_shape, "pre_activation", self)
+        if self.activation_quantizer is not None:
+            self._activation_vars = self.activation_quantizer.build(output_shape, "activation", self)
+        self.built = True
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def call(self, inputs, training=None):
+        if training is None:
+            training = keras.backend.learning_phase()
+        if self.weight_quantizer is None:
+            outputs = self.layer.call(inputs)
+        else:
+            attr = kernel_attribute(self.layer)
+            kernel = getattr(self.layer, attr)
+            quantized = self.weight_quantizer(kernel, training, weights=self._weight_vars)
+            # Bypass Keras attribute tracking: the swap lasts for this call only.
+            object.__setattr__(self.layer, attr, quantized)
+            try:
+                outputs = self.layer.call(inputs)
+            finally:
+                object.__setattr__(self.layer, attr, kernel)
+        if self.pre_activation_quantizer is not None:
+            outputs = self.pre_activation_quantizer(outputs, training, weights=self._pre_activation_vars)
+        outputs = self.activation(outputs)
+        if self.activation_quantizer is not None:
+            outputs = self.activation_quantizer(outputs, training, weights=self._activation_vars)
+        return outputs
+
+    # --- integer form, read by kerasq.quantized_weights and tflite_export -------------------
+    @property
+    def kernel(self) -> tf.Variable | None:
+        attr = kernel_attribute(self.layer)
+        return None if attr is None else getattr(self.layer, attr)
+
+    def quantized_kernel(self) -> np.ndarray:
+        """``Q(kernel)`` as the inference forward pass uses it, float32, Keras kernel layout."""
+        return np.asarray(self.weight_quantizer(self.kernel, False, weights=self._weight_vars))
+
+    def weight_grid(self) -> WeightGrid:
+        """Codes and per-channel scale with ``codes * scale == quantized_kernel()``."""
+        return self.weight_quantizer.integer_grid(self.kernel, self._weight_vars)
+
+    def activation_params(self) -> ops.AffineParams:
+        return self.activation_quantizer.affine_params(self._activation_vars)
+
+    def pre_activation_params(self) -> ops.AffineParams:
+        return self.pre_activation_quantizer.affine_params(self._pre_activation_vars)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "weight_quantizer": serialize(self.weight_quantizer),
+                "activation": self.activation.to_config(),
+                "activation_quantizer": serialize(self.activation_quantizer),
+                "pre_activation_quantizer": serialize(self.pre_activation_quantizer),
+            }
+        )
+        return config
+
+
+@register("layer")
+class QuantizeInput(keras.layers.Layer):
+    """Fake-quantizes the model input onto the int8 grid the exported model's input tensor uses."""
+
+    def __init__(self, quantizer: ActivationQuantizer | dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if quantizer is None:
+            quantizer = MovingAverageQuantizer(8)
+        self.quantizer: Quantizer = deserialize(quantizer) if isinstance(quantizer, dict) else quantizer
+        self._vars: dict[str, tf.Variable] = {}
+
+    def build(self, input_shape):
+        self._vars = self.quantizer.build(input_shape, "input", self)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        if training is None:
+            training = keras.backend.learning_phase()
+        return self.quantizer(inputs, training, weights=self._vars)
+
+    def activation_params(self) -> ops.AffineParams:
+        return self.quantizer.affine_params(self._vars)
+
+    def get_config(self):
+        return {**super().get_config(), "quantizer": serialize(self.quantizer)}

@@ -1,0 +1,151 @@
+"""Pure quantization math shared by training, calibration and export.
+
+Notation follows Jacob et al. 2018: ``r = S (q - Z)``. Functions here are stateless: TF
+functions take and return tensors (usable inside ``tf.function`` and under ``GradientTape``),
+NumPy functions mirror TensorFlow's float32 arithmetic bit for bit where export depends on it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from kerasq.compat import tf
+
+
+def signed_range(bits: int, narrow_range: bool = False) -> tuple[int, int]:
+    """Integer range of a signed ``bits``-bit code: ``[-2^(b-1), 2^(b-1)-1]``.
+
+    ``narrow_range`` drops the most negative code, as TFLite does for int8 weights
+    (``[-127, 127]``), so that the grid is symmetric around zero.
+
+    >>> signed_range(2), signed_range(8, narrow_range=True)
+    ((-2, 1), (-127, 127))
+    """
+    if not 1 < bits <= 16:
+        raise ValueError(f"bits must be in [2, 16]. Received: bits={bits}")
+    qmax = 2 ** (bits - 1) - 1
+    return (-qmax if narrow_range else -qmax - 1), qmax
+
+
+def round_ste(x: tf.Tensor) -> tf.Tensor:
+    """``round(x)`` (half to even) in the forward pass, identity gradient (Bengio et al. 2013)."""
+    return x + tf.stop_gradient(tf.round(x) - x)
+
+
+def symmetric_scale(max_abs: tf.Tensor, qmax: int) -> tf.Tensor:
+    """Symmetric scale ``S = |r|_max / q_max`` (seed lecture); all-zero channels get ``S = 1``.
+
+    Args:
+      max_abs: ``|r|_max`` per tensor or per channel, float32, any shape.
+      qmax: largest code, e.g. 127 for int8, 1 for 2-bit.
+    Returns: scale with the shape of ``max_abs``.
+    """
+    max_abs = tf.convert_to_tensor(max_abs, tf.float32)
+    return tf.where(max_abs > 0, max_abs / float(qmax), tf.ones_like(max_abs))
+
+
+def reduce_axes(rank: int, channel_axes: tuple[int, ...]) -> list[int]:
+    """Axes to reduce over for per-channel statistics; ``channel_axes=()`` means per tensor."""
+    keep = {a % rank for a in channel_axes}
+    return [a for a in range(rank) if a not in keep]
+
+
+def max_abs(w: tf.Tensor, channel_axes: tuple[int, ...]) -> tf.Tensor:
+    """``max |w|`` over all axes but ``channel_axes``, keeping dims so it broadcasts onto ``w``."""
+    return tf.reduce_max(tf.abs(w), axis=reduce_axes(len(w.shape), channel_axes), keepdims=True)
+
+
+def linear_codes(w: tf.Tensor, scale: tf.Tensor, qmin: int, qmax: int) -> tf.Tensor:
+    """Integer codes ``clamp(round(w / S), qmin, qmax)`` as float32, with straight-through rounding.
+
+    The clamp passes no gradient outside ``[qmin, qmax]`` (the STE "with saturation").
+    """
+    return tf.clip_by_value(round_ste(w / scale), float(qmin), float(qmax))
+
+
+class AffineParams(NamedTuple):
+    """Asymmetric grid of an activation tensor as TFLite stores it.
+
+    ``scale`` (float32) and ``zero_point`` in the signed storage range; valid codes are
+    ``[code_min, code_max]`` (a k-bit grid inside int8 uses ``2^k`` of the 256 codes).
+    """
+
+    scale: float
+    zero_point: int
+    code_min: int
+    code_max: int
+
+    def dequantize(self, codes: np.ndarray) -> np.ndarray:
+        return (np.asarray(codes, np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)
+
+
+def nudged_affine(min_value: float, max_value: float, bits: int = 8, storage_bits: int = 8) -> AffineParams:
+    """TensorFlow FakeQuant's nudged grid for ``[min, max]``, expressed as signed storage codes.
+
+    Mirrors ``Nudge()`` in tensorflow/core/kernels/fake_quant_ops_functor.h in float32:
+    ``S = (max - min) / (2^b - 1)``, ``zp = round(-min / S)`` clamped to ``[0, 2^b - 1]``
+    (std::round, halves away from zero). The ``b``-bit unsigned code ``u`` is stored as
+    ``u - 2^(storage_bits-1)``, so an int8 tensor holds a 4-bit grid in codes ``[-128, -113]``.
+
+    >>> p = nudged_affine(0.0, 1.0)
+    >>> (round(p.scale * 255, 6), p.zero_point, p.code_min, p.code_max)
+    (1.0, -128, -128, 127)
+    """
+    min_value = np.float32(min(float(min_value), 0.0))
+    max_value = np.float32(max(float(max_value), 0.0))
+    if not max_value > min_value:
+        raise ValueError(
+            "An activation range must not be empty; it was never observed or is constant zero. "
+            f"Received: min={float(min_value)}, max={float(max_value)}"
+        )
+    quant_max = np.float32(2**bits - 1)
+    scale = np.float32((max_value - min_value) / quant_max)
+    zero_point_from_min = np.float32(np.float32(0.0) - min_value / scale)
+    if zero_point_from_min < 0:
+        zero_point = 0
+    elif zero_point_from_min > quant_max:
+        zero_point = int(quant_max)
+    else:
+        zero_point = int(np.floor(np.abs(zero_point_from_min) + 0.5))  # std::round for x >= 0
+    offset = 2 ** (storage_bits - 1)
+    return AffineParams(float(scale), zero_point - offset, -offset, -offset + int(quant_max))
+
+
+def fake_quant_affine(x: tf.Tensor, min_value: tf.Tensor, max_value: tf.Tensor, bits: int = 8) -> tf.Tensor:
+    """Asymmetric fake quantization on TensorFlow's nudged grid (the op the exporter mirrors).
+
+    Forward: ``S·(clamp(round_half_up((x - m)/S), 0, 2^b-1)) + m`` with nudged ``m``, ``S``.
+    Backward: identity inside ``[min, max]``; the gradient of clipped inputs flows to
+    ``min``/``max`` (what PACT's ``∂y/∂α = 1 for x ≥ α`` needs).
+    """
+    return tf.quantization.fake_quant_with_min_max_vars(x, min_value, max_value, num_bits=bits, narrow_range=False)
+
+
+def fold_batch_norm(
+    kernel: np.ndarray,
+    bias: np.ndarray | None,
+    gamma: np.ndarray | None,
+    beta: np.ndarray | None,
+    mean: np.ndarray,
+    variance: np.ndarray,
+    epsilon: float,
+    depthwise: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fold inference-mode batch norm into the preceding layer (Jacob et al. 2018, §3.2).
+
+    ``W' = W · γ/σ`` per output channel, ``b' = (b - μ) · γ/σ + β`` with ``σ = sqrt(var + ε)``.
+    Kernel layouts are Keras': Conv2D ``[h, w, in, out]``, Dense ``[in, out]``, DepthwiseConv2D
+    ``[h, w, in, multiplier]`` where output channel ``i·multiplier + m`` is BN channel.
+    """
+    channels = mean.shape[0]
+    gamma = np.ones(channels, np.float32) if gamma is None else gamma
+    beta = np.zeros(channels, np.float32) if beta is None else beta
+    bias = np.zeros(channels, np.float32) if bias is None else bias
+    factor = (gamma / np.sqrt(variance + epsilon)).astype(np.float32)
+    if depthwise:
+        folded = kernel * factor.reshape(kernel.shape[2], kernel.shape[3])
+    else:
+        folded = kernel * factor
+    return folded.astype(np.float32), ((bias - mean) * factor + beta).astype(np.float32)

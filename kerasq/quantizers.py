@@ -1,0 +1,240 @@
+"""Quantizers: how one tensor is quantized, as tfmot ``Quantizer`` subclasses.
+
+Every kerasq quantizer honours tfmot's contract (``build(shape, name, layer)`` returns the
+variables the layer owns; ``__call__(x, training, weights)`` returns the fake-quantized tensor;
+``get_config`` returns every constructor argument), so it also plugs into tfmot's own
+``QuantizeConfig``/``QuantizeWrapperV2``. On top of that each one states its integer form for
+export:
+
+- weight quantizers: ``integer_grid(w, weights) -> WeightGrid`` with ``Q(w) == codes * scale``
+  exactly in float32 (the forward pass computes ``Q(w)`` as that product);
+- activation quantizers: ``affine_params(weights) -> ops.AffineParams``, the int8 grid that
+  holds every value the fake-quantized activation can take.
+
+The scheme-specific quantizers (PACT, DoReFa, binary, ternary, power-of-two, k-means) live in
+modules named after them; this module holds the linear ones every scheme reuses.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, NamedTuple
+
+import numpy as np
+import tensorflow_model_optimization as tfmot
+
+from kerasq import ops
+from kerasq.compat import keras, tf
+from kerasq.registry import ConfigEquality, register
+
+
+class WeightGrid(NamedTuple):
+    """Integer form of a quantized weight: ``Q(w) = codes * scale``, zero point 0.
+
+    ``codes`` is an int32 array of the kernel's shape (Keras layout); ``scale`` is float32 and
+    broadcasts onto it (shape ``[1,...,1, channels]`` per channel, or ``[1,...,1]`` per tensor);
+    ``bits`` is the nominal precision of the scheme (the codes fit ``[-2^(b-1), 2^(b-1)-1]``).
+    """
+
+    codes: np.ndarray
+    scale: np.ndarray
+    bits: int
+
+    def dequantize(self) -> np.ndarray:
+        return self.codes.astype(np.float32) * self.scale.astype(np.float32)
+
+
+class Quantizer(ConfigEquality, tfmot.quantization.keras.quantizers.Quantizer):
+    """Base of kerasq quantizers: tfmot's interface plus config-derived equality."""
+
+    bits: int = 8
+
+    def build(self, tensor_shape, name: str, layer) -> dict[str, tf.Variable]:
+        return {}
+
+
+class WeightQuantizer(Quantizer):
+    """A weight quantizer with per-channel axes and an exact integer form."""
+
+    def __init__(self, channel_axes: tuple[int, ...] = (-1,)):
+        self.channel_axes = tuple(int(a) for a in channel_axes)
+
+    @abc.abstractmethod
+    def integer_grid(self, w: tf.Tensor, weights: dict[str, tf.Variable]) -> WeightGrid:
+        """The exact integer form of ``self(w, training=False, weights)``."""
+
+
+def _python_training(training) -> bool:
+    """Quantizers branch in Python; fit/evaluate/predict pass Python booleans."""
+    if isinstance(training, (bool, int, np.bool_, np.integer)):
+        return bool(training)
+    if training is None:
+        return False
+    return bool(tf.get_static_value(training))
+
+
+@register("quantizer")
+class LinearWeightQuantizer(WeightQuantizer):
+    """Uniform n-bit weights, symmetric or asymmetric, per channel or per tensor.
+
+    Forward (symmetric):  ``S = |w|_max / q_max``, ``q = clamp(round(w/S), q_min, q_max)``,
+    ``Q(w) = S q`` (narrow range drops ``-2^(b-1)`` so int8 weights live in ``[-127, 127]``).
+    Forward (asymmetric): ``S = (r_max - r_min)/(q_max - q_min)``, ``Z = round(q_min - r_min/S)``,
+    ``q = clamp(round(w/S) + Z, q_min, q_max)``, ``Q(w) = S (q - Z)``; the range is widened to
+    contain 0.
+    Backward: straight-through (Bengio 2013), no gradient where the clamp is active.
+    Export: zero point 0, codes ``q - Z`` (== ``q`` when symmetric), scale ``S`` per channel.
+
+    Args:
+      bits: 2..8. symmetric: see above. narrow_range: drop the most negative code.
+      channel_axes: kernel axes that carry one scale each; ``()`` for per tensor.
+    References: Jacob et al. 2018; Krishnamoorthi 2018 (per-channel).
+
+    Seed lecture 4x4 example, 2-bit asymmetric per tensor: ``S = 1.07``, ``Z = -1``.
+    """
+
+    def __init__(
+        self,
+        bits: int = 8,
+        symmetric: bool = True,
+        narrow_range: bool = True,
+        channel_axes: tuple[int, ...] = (-1,),
+    ):
+        super().__init__(channel_axes)
+        ops.signed_range(bits)
+        self.bits = int(bits)
+        self.symmetric = bool(symmetric)
+        self.narrow_range = bool(narrow_range)
+
+    def _codes_and_scale(self, w: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        qmin, qmax = ops.signed_range(self.bits, self.narrow_range)
+        axes = ops.reduce_axes(len(w.shape), self.channel_axes)
+        if self.symmetric:
+            scale = ops.symmetric_scale(ops.max_abs(w, self.channel_axes), qmax)
+            return ops.linear_codes(w, scale, qmin, qmax), scale
+        r_min = tf.minimum(tf.reduce_min(w, axis=axes, keepdims=True), 0.0)
+        r_max = tf.maximum(tf.reduce_max(w, axis=axes, keepdims=True), 0.0)
+        span = r_max - r_min
+        scale = tf.where(span > 0, span / float(qmax - qmin), tf.ones_like(span))
+        zero_point = tf.stop_gradient(tf.round(qmin - r_min / scale))
+        q = tf.clip_by_value(ops.round_ste(w / scale) + zero_point, float(qmin), float(qmax))
+        return q - zero_point, scale
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        codes, scale = self._codes_and_scale(inputs)
+        return codes * scale
+
+    def integer_grid(self, w, weights) -> WeightGrid:
+        codes, scale = self._codes_and_scale(tf.convert_to_tensor(w))
+        return WeightGrid(codes.numpy().astype(np.int32), scale.numpy().astype(np.float32), self.bits)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "bits": self.bits,
+            "symmetric": self.symmetric,
+            "narrow_range": self.narrow_range,
+            "channel_axes": self.channel_axes,
+        }
+
+
+class ActivationQuantizer(Quantizer):
+    """An activation quantizer whose values lie on an int8-embeddable affine grid."""
+
+    @abc.abstractmethod
+    def affine_params(self, weights: dict[str, tf.Variable]) -> ops.AffineParams:
+        """The int8 grid holding every value of ``self(x, training=False, weights)``."""
+
+
+@register("quantizer")
+class MovingAverageQuantizer(ActivationQuantizer):
+    """Asymmetric per-tensor activations with a range tracked by an exponential moving average.
+
+    Statistics: in training, ``r̂(t) = d·r̂(t-1) + (1-d)·r(t)`` for the batch min and max
+    (seed lecture, "Type 1: during training"); the first observed batch initialises ``r̂``.
+    Forward: TensorFlow FakeQuant on the nudged grid of ``[r̂_min, r̂_max]`` (``ops.fake_quant_affine``).
+    Backward: straight-through inside the range, zero outside.
+    Export: int8 ``scale = (max-min)/(2^b-1)``, zero point nudged; a ``b < 8`` grid uses ``2^b``
+    consecutive int8 codes (see ``ops.nudged_affine``).
+
+    Args: bits (2..8), decay ``d`` in [0, 1).
+    """
+
+    def __init__(self, bits: int = 8, decay: float = 0.99):
+        if not 2 <= bits <= 8:
+            raise ValueError(f"Activation bits must be in [2, 8]. Received: bits={bits}")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1). Received: decay={decay}")
+        self.bits = int(bits)
+        self.decay = float(decay)
+
+    def build(self, tensor_shape, name, layer):
+        return {
+            "min": layer.add_weight(f"{name}_min", shape=(), initializer="zeros", trainable=False),
+            "max": layer.add_weight(f"{name}_max", shape=(), initializer="zeros", trainable=False),
+            "observed": layer.add_weight(
+                f"{name}_observed", shape=(), dtype=tf.int32, initializer="zeros", trainable=False
+            ),
+        }
+
+    def observe(self, x: tf.Tensor, weights) -> None:
+        """Fold the batch range of ``x`` into the moving averages."""
+        batch_min = tf.reduce_min(x)
+        batch_max = tf.reduce_max(x)
+        first = tf.equal(weights["observed"], 0)
+        weights["min"].assign(tf.where(first, batch_min, self.decay * weights["min"] + (1 - self.decay) * batch_min))
+        weights["max"].assign(tf.where(first, batch_max, self.decay * weights["max"] + (1 - self.decay) * batch_max))
+        weights["observed"].assign_add(1)
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        if _python_training(training):
+            self.observe(inputs, weights)
+        lo = tf.minimum(weights["min"], 0.0)
+        hi = tf.maximum(weights["max"], lo + 1e-6)  # an unobserved range must not divide by zero
+        return ops.fake_quant_affine(inputs, lo, hi, self.bits)
+
+    def affine_params(self, weights) -> ops.AffineParams:
+        if int(weights["observed"].numpy()) == 0:
+            raise ValueError(
+                f"Activation range {weights['min'].name!r} was never observed: train the model "
+                "(fit) or run kerasq.calibrate(model, x) before exporting."
+            )
+        return ops.nudged_affine(float(weights["min"].numpy()), float(weights["max"].numpy()), self.bits)
+
+    def get_config(self):
+        return {"bits": self.bits, "decay": self.decay}
+
+
+@register("quantizer")
+class FixedRangeQuantizer(ActivationQuantizer):
+    """Asymmetric activations on a fixed range, for bounded functions (ReLU6, ReLU1, softmax).
+
+    Forward: FakeQuant on the nudged grid of ``[min_value, max_value]``; backward: STE inside.
+    Export: the same grid in int8. Softmax/sigmoid outputs use ``[0, 255/256]`` (TFLite's
+    fixed int8 output scale 1/256, zero point -128), tanh ``[-1, 127/128]`` (scale 1/128, zp 0).
+    """
+
+    def __init__(self, min_value: float, max_value: float, bits: int = 8):
+        if not min_value <= 0.0 < max_value:
+            raise ValueError(
+                f"A fixed range must contain 0 and be non-empty. Received: min_value={min_value}, max_value={max_value}"
+            )
+        self.min_value = float(min_value)
+        self.max_value = float(max_value)
+        self.bits = int(bits)
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        return ops.fake_quant_affine(inputs, self.min_value, self.max_value, self.bits)
+
+    def affine_params(self, weights) -> ops.AffineParams:
+        return ops.nudged_affine(self.min_value, self.max_value, self.bits)
+
+    def get_config(self):
+        return {"min_value": self.min_value, "max_value": self.max_value, "bits": self.bits}
+
+
+def serialize(quantizer: Quantizer | None) -> dict | None:
+    return None if quantizer is None else keras.utils.serialize_keras_object(quantizer)
+
+
+def deserialize(config: dict | None) -> Quantizer | None:
+    return None if config is None else keras.utils.deserialize_keras_object(config)

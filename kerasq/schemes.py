@@ -1,0 +1,144 @@
+"""Schemes: which quantizer goes where in a layer.
+
+A scheme answers two questions for each layer ``quantize_model`` wraps: how its kernel is
+quantized (``weight_quantizer``) and how its output is (``activation_quantizer``). Schemes are
+small serializable objects, reachable by a short name for the CLI:
+
+    >>> get_scheme("int8")
+    Linear(weight_bits=8, activation_bits=8, symmetric=True, per_channel=True, narrow_range=True)
+
+Scheme classes of the low-bit methods live in modules named after them and register here
+through ``kerasq.registry.register("scheme")``.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from kerasq.compat import keras
+from kerasq.layers import ActivationSpec, channel_axes
+from kerasq.quantizers import (
+    ActivationQuantizer,
+    FixedRangeQuantizer,
+    LinearWeightQuantizer,
+    MovingAverageQuantizer,
+    WeightQuantizer,
+)
+from kerasq.registry import ConfigEquality, lookup, register, registered
+
+WEIGHT_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+
+
+class Scheme(ConfigEquality, metaclass=abc.ABCMeta):
+    """Base class: a policy mapping a layer to its weight and activation quantizers.
+
+    Subclasses set ``weight_bits``/``activation_bits`` (the nominal precisions used by the
+    first/last-layer policy and by reports) and may override either method.
+    """
+
+    weight_bits: int = 8
+    activation_bits: int = 8
+
+    @property
+    def is_low_bit(self) -> bool:
+        """Below 8 bits anywhere: ``quantize_model`` then keeps first and last layers at int8."""
+        return self.weight_bits < 8 or self.activation_bits < 8
+
+    @abc.abstractmethod
+    def weight_quantizer(self, layer: keras.layers.Layer) -> WeightQuantizer | None:
+        """Quantizer of ``layer``'s kernel (Conv2D, DepthwiseConv2D, Dense), None to keep it float."""
+
+    def activation_quantizer(self, layer: keras.layers.Layer, activation: ActivationSpec) -> ActivationQuantizer:
+        """Quantizer of the output of ``layer`` after a fusable ``activation``.
+
+        Default: a capped ReLU (ReLU6, ReLU1) gets its fixed range, anything else an EMA range.
+        """
+        if activation.kind == "relu" and activation.max_value is not None:
+            return FixedRangeQuantizer(0.0, activation.max_value, self.activation_bits)
+        return MovingAverageQuantizer(self.activation_bits)
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+
+@register("scheme")
+class Linear(Scheme):
+    """Uniform linear quantization of weights and activations (Jacob et al. 2018).
+
+    Weights: ``LinearWeightQuantizer`` (symmetric ``S = |r|_max/q_max`` or asymmetric
+    ``S = (r_max - r_min)/(q_max - q_min)``, ``Z = round(q_min - r_min/S)``), per output channel
+    by default. Activations: asymmetric per tensor, EMA range, ``activation_bits`` wide.
+    ``Linear()`` is the ``"int8"`` scheme: int8 per-channel symmetric weights in ``[-127, 127]``,
+    int8 asymmetric activations — what TFLite's integer kernels run.
+
+    Args:
+      weight_bits, activation_bits: 2..8.
+      symmetric: symmetric weights (zero point 0).
+      per_channel: one weight scale per output channel (depthwise: per ``in·multiplier`` channel).
+      narrow_range: drop code ``-2^(b-1)``; defaults to ``symmetric``.
+    """
+
+    def __init__(
+        self,
+        weight_bits: int = 8,
+        activation_bits: int = 8,
+        symmetric: bool = True,
+        per_channel: bool = True,
+        narrow_range: bool | None = None,
+    ):
+        for arg, bits in (("weight_bits", weight_bits), ("activation_bits", activation_bits)):
+            if not 2 <= int(bits) <= 8:
+                raise ValueError(f"{arg} must be in [2, 8]. Received: {arg}={bits}")
+        self.weight_bits = int(weight_bits)
+        self.activation_bits = int(activation_bits)
+        self.symmetric = bool(symmetric)
+        self.per_channel = bool(per_channel)
+        self.narrow_range = self.symmetric if narrow_range is None else bool(narrow_range)
+
+    def weight_quantizer(self, layer):
+        return LinearWeightQuantizer(
+            self.weight_bits,
+            symmetric=self.symmetric,
+            narrow_range=self.narrow_range,
+            channel_axes=channel_axes(layer) if self.per_channel else (),
+        )
+
+    def get_config(self):
+        return {
+            "weight_bits": self.weight_bits,
+            "activation_bits": self.activation_bits,
+            "symmetric": self.symmetric,
+            "per_channel": self.per_channel,
+            "narrow_range": self.narrow_range,
+        }
+
+
+# Preset names that are not class aliases.
+PRESETS = {"int8": Linear, "w8a8": Linear}
+
+
+def get_scheme(scheme: "Scheme | str | dict") -> Scheme:
+    """A scheme from an instance, a short name (``"int8"``, ``"pact"``, ...) or a Keras config.
+
+    Raises ``ValueError`` listing the valid names for an unknown one.
+    """
+    if isinstance(scheme, Scheme):
+        return scheme
+    if isinstance(scheme, dict):
+        return keras.utils.deserialize_keras_object(scheme)
+    if isinstance(scheme, str):
+        key = scheme.lower().replace("-", "_")
+        if key in PRESETS:
+            return PRESETS[key]()
+        try:
+            return lookup("scheme", key)()
+        except ValueError:
+            names = sorted(set(PRESETS) | set(registered("scheme")))
+            raise ValueError(f"Unknown scheme {scheme!r}; valid names: {', '.join(names)}. Received: {scheme!r}") from None
+    raise TypeError(f"scheme must be a kerasq Scheme, a name or a config dict. Received: {scheme!r}")
+
+
+def available_schemes() -> list[str]:
+    """Names accepted by ``get_scheme`` (and the CLI's ``--scheme``)."""
+    return sorted(set(PRESETS) | set(registered("scheme")))
