@@ -202,6 +202,11 @@ class QuantizedLayer(keras.layers.Wrapper):
             outputs = self.activation_quantizer(outputs, training, weights=self._activation_vars)
         return outputs
 
+    def initialize_quantizers(self) -> None:
+        """Let the weight quantizer derive its state from the current float kernel."""
+        if self.weight_quantizer is not None:
+            self.weight_quantizer.initialize(self.kernel, self._weight_vars)
+
     # --- integer form, read by kerasq.quantized_weights and tflite_export -------------------
     @property
     def kernel(self) -> tf.Variable | None:

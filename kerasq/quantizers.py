@@ -59,6 +59,13 @@ class WeightQuantizer(Quantizer):
     def __init__(self, channel_axes: tuple[int, ...] = (-1,)):
         self.channel_axes = tuple(int(a) for a in channel_axes)
 
+    def initialize(self, w: tf.Variable, weights: dict[str, tf.Variable]) -> None:
+        """Set data-dependent state from the float kernel ``w`` (a k-means codebook, TTQ scales).
+
+        ``quantize_model`` calls it once, after the float weights are loaded into the wrapped
+        layer. Quantizers whose state follows ``w`` at every step have nothing to do here.
+        """
+
     @abc.abstractmethod
     def integer_grid(self, w: tf.Tensor, weights: dict[str, tf.Variable]) -> WeightGrid:
         """The exact integer form of ``self(w, training=False, weights)``."""

@@ -207,6 +207,8 @@ def quantize_model(
         inner = node.layer.layer if isinstance(node.layer, QuantizedLayer) else node.layer
         if weights.get(inner.name):
             inner.set_weights(weights[inner.name])
+        if isinstance(node.layer, QuantizedLayer):
+            node.layer.initialize_quantizers()
     return qmodel
 
 

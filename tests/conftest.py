@@ -1,0 +1,39 @@
+"""Shared fixtures: real data (scikit-learn digits) and a float demo CNN trained once per session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kerasq import keras
+from kerasq.datasets import load_digits
+from kerasq.models import demo_cnn
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """``(x_train, y_train), (x_test, y_test)``: 1347/450 real 8x8 digits in [0, 1]."""
+    return load_digits()
+
+
+@pytest.fixture(scope="session")
+def trained_float_cnn(digits):
+    """The demo CNN trained in float on digits (seeded); do not modify it in a test."""
+    (x_train, y_train), _ = digits
+    keras.utils.set_random_seed(0)
+    model = demo_cnn((8, 8, 1), 10)
+    model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=15, batch_size=32, verbose=0)
+    return model
+
+
+def fit_qat(qmodel, digits, epochs: int = 2, lr: float = 1e-3):
+    """Compile and fine-tune a quantized model on digits; returns it."""
+    (x_train, y_train), _ = digits
+    qmodel.compile(keras.optimizers.Adam(lr), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    qmodel.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0)
+    return qmodel
+
+
+def accuracy(model, x, y) -> float:
+    return float(np.mean(np.argmax(model.predict(x, verbose=0), axis=-1) == y))
