@@ -21,7 +21,14 @@ from typing import Union
 
 import numpy as np
 
-__all__ = ["DATASETS", "IDX_DATASETS", "load_dataset", "load_digits", "load_idx_dataset", "read_idx"]
+__all__ = [
+    "DATASETS",
+    "IDX_DATASETS",
+    "load_dataset",
+    "load_digits",
+    "load_idx_dataset",
+    "read_idx",
+]
 
 PathLike = Union[str, os.PathLike]
 Split = tuple[np.ndarray, np.ndarray]

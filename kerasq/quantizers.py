@@ -117,12 +117,13 @@ class LinearWeightQuantizer(WeightQuantizer):
         qmin, qmax = ops.signed_range(self.bits, self.narrow_range)
         axes = ops.reduce_axes(len(w.shape), self.channel_axes)
         if self.symmetric:
-            scale = ops.symmetric_scale(ops.max_abs(w, self.channel_axes), qmax)
+            # The scale follows the weights but is a constant for the gradient (plain STE).
+            scale = tf.stop_gradient(ops.symmetric_scale(ops.max_abs(w, self.channel_axes), qmax))
             return ops.linear_codes(w, scale, qmin, qmax), scale
         r_min = tf.minimum(tf.reduce_min(w, axis=axes, keepdims=True), 0.0)
         r_max = tf.maximum(tf.reduce_max(w, axis=axes, keepdims=True), 0.0)
         span = r_max - r_min
-        scale = tf.where(span > 0, span / float(qmax - qmin), tf.ones_like(span))
+        scale = tf.stop_gradient(tf.where(span > 0, span / float(qmax - qmin), tf.ones_like(span)))
         zero_point = tf.stop_gradient(tf.round(qmin - r_min / scale))
         q = tf.clip_by_value(ops.round_ste(w / scale) + zero_point, float(qmin), float(qmax))
         return q - zero_point, scale

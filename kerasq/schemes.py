@@ -142,3 +142,6 @@ def get_scheme(scheme: "Scheme | str | dict") -> Scheme:
 def available_schemes() -> list[str]:
     """Names accepted by ``get_scheme`` (and the CLI's ``--scheme``)."""
     return sorted(set(PRESETS) | set(registered("scheme")))
+
+
+from kerasq.pact import PACT  # noqa: E402,F401

@@ -13,6 +13,7 @@ from tflite_export.flatbuffer import InvalidModelError
 from tflite_export.inspect import ModelReport, inspect
 from tflite_export.runtime import LatencyStats, ParityReport, benchmark, compare, evaluate, run
 
+
 __all__ = [
     "ExportError",
     "InvalidModelError",

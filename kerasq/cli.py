@@ -1,0 +1,130 @@
+"""The ``kerasq`` command line: demo, export, inspect, eval, bench.
+
+    kerasq demo [--dataset digits|mnist|fashion_mnist] [--data_dir DIR] [--out DIR] [--scheme int8]
+    kerasq export MODEL.keras --out FILE.tflite [--dataset NAME --data_dir DIR]   # PTQ for float models
+    kerasq inspect FILE.tflite [--json]
+    kerasq eval FILE.tflite [--dataset NAME --data_dir DIR]
+    kerasq bench FILE.tflite [--threads 1 2] [--runs 200] [--warmup 20]
+
+Data directories default to ``$KERASQ_DATA``. Exit status 2 with one line on stderr for bad
+input (missing file, corrupt .tflite, unknown scheme).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    from kerasq.schemes import available_schemes
+
+    parser = argparse.ArgumentParser(prog="kerasq", description="Quantization-aware training and integer-only TFLite export.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def data_args(p, default="digits"):
+        p.add_argument("--dataset", default=default, choices=["digits", "mnist", "fashion_mnist"])
+        p.add_argument("--data_dir", default=os.environ.get("KERASQ_DATA"), help="folder with mnist/ and fashion-mnist/ IDX files")
+
+    demo = sub.add_parser("demo", help="float → QAT → integer-only TFLite on real data, with a report")
+    data_args(demo)
+    demo.add_argument("--out", default="kerasq_out", help="output folder for .tflite files and report.md")
+    demo.add_argument("--scheme", default="int8", choices=available_schemes())
+    demo.add_argument("--epochs", type=int, default=None, help="float training epochs")
+    demo.add_argument("--qat_epochs", type=int, default=None, help="quantization-aware training epochs")
+    demo.add_argument("--seed", type=int, default=0)
+
+    export = sub.add_parser("export", help="write an integer-only .tflite from a saved Keras model")
+    export.add_argument("model", help="a .keras/.h5/SavedModel path (kerasq-quantized, or float for PTQ)")
+    export.add_argument("--out", required=True, help="output .tflite path")
+    data_args(export, default=None)
+    export.add_argument("--calibration_samples", type=int, default=500)
+
+    inspect = sub.add_parser("inspect", help="ops, dtypes, scales and per-channel use of a .tflite")
+    inspect.add_argument("file")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    evaluate = sub.add_parser("eval", help="top-1 accuracy of a .tflite on a test set")
+    evaluate.add_argument("file")
+    data_args(evaluate)
+
+    bench = sub.add_parser("bench", help="LiteRT latency of a .tflite")
+    bench.add_argument("file")
+    bench.add_argument("--threads", type=int, nargs="+", default=[1])
+    bench.add_argument("--runs", type=int, default=200)
+    bench.add_argument("--warmup", type=int, default=20)
+    return parser
+
+
+def _demo(args) -> None:
+    from kerasq.demo import run_demo
+
+    run_demo(args.dataset, args.data_dir, args.out, scheme=args.scheme, epochs=args.epochs,
+             qat_epochs=args.qat_epochs, seed=args.seed)
+
+
+def _export(args) -> None:
+    import tflite_export
+    from kerasq import quantize_scope
+    from kerasq.compat import keras
+    from kerasq.datasets import load_dataset
+
+    if not os.path.exists(args.model):
+        raise FileNotFoundError(f"No model at {args.model!r}")
+    with quantize_scope():
+        model = keras.models.load_model(args.model, compile=False)
+    data = None
+    if args.dataset:
+        (x_train, _), _ = load_dataset(args.dataset, args.data_dir)
+        data = x_train[: args.calibration_samples]
+    print(f"exporting {args.model} ({'with' if data is not None else 'without'} calibration data)", file=sys.stderr)
+    blob = tflite_export.convert(model, data)
+    tmp = f"{args.out}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(blob)
+    os.replace(tmp, args.out)
+    report = tflite_export.inspect(blob)
+    print(f"wrote {args.out}: {len(blob):,} bytes, integer-only={report.is_integer_only}, "
+          f"per-channel ops={len(report.per_channel_ops)}")
+
+
+def _inspect(args) -> None:
+    import tflite_export
+
+    report = tflite_export.inspect(args.file)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report)
+
+
+def _eval(args) -> None:
+    import tflite_export
+    from kerasq.datasets import load_dataset
+
+    _, (x_test, y_test) = load_dataset(args.dataset, args.data_dir)
+    accuracy = tflite_export.evaluate(args.file, x_test, y_test)
+    print(f"{args.file}: top-1 accuracy {accuracy:.4f} on {len(x_test)} {args.dataset} test images")
+
+
+def _bench(args) -> None:
+    import tflite_export
+
+    for threads in args.threads:
+        stats = tflite_export.benchmark(args.file, num_threads=threads, warmup=args.warmup, runs=args.runs)
+        print(f"{args.file}: {stats}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"demo": _demo, "export": _export, "inspect": _inspect, "eval": _eval, "bench": _bench}
+    try:
+        handlers[args.command](args)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f"kerasq {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
