@@ -172,21 +172,22 @@ def quantize_input(x: np.ndarray, scale: float, zero_point: int, dtype: Any) -> 
     if np.isnan(x32).any():
         raise ValueError("x contains NaN, which has no quantized code.")
 
-    # Bit-exactness with TensorFlow decides which way a value close to a rounding boundary
-    # goes, so the float32 operations are those of TF's FakeQuantWithMinMaxVars CPU kernel
-    # (tensorflow/core/kernels/fake_quant_ops_functor.h, TF 2.21), in the same order:
-    #  * the step is divided by, not multiplied by a float32 reciprocal: float32(1/scale) is
-    #    off by up to half an ulp, which moves values within ~1e-5 LSB of a .5 boundary to the
-    #    other code (e.g. 0.5 with scale float32(1/255): 0.5/scale = 127.4999924 but
-    #    0.5*float32(1/scale) = 127.49999 - both floor to 127 here, yet near other .5 points
-    #    the two disagree for ~1 in 10 values);
-    #  * the zero point (in TF's unsigned 0..2^bits-1 domain, qz = zero_point - qmin) is
-    #    subtracted before adding 0.5, because TF rounds the signed offset from the zero point
-    #    and that subtraction itself rounds in float32;
-    #  * floor(v + 0.5) is round-half-up (toward +inf): a tie at exactly .5 goes to the larger
-    #    code for negative values too, unlike np.round (half to even) or C's round (half away
-    #    from zero). TFLite's own QUANTIZE op rounds half away from zero, so host-side codes
-    #    are computed here rather than by a float-input model.
+    # Which code a value next to a rounding boundary gets must be decided exactly as
+    # TensorFlow decides it, so these are the float32 operations of TF's
+    # FakeQuantWithMinMaxVars CPU kernel (tensorflow/core/kernels/fake_quant_ops_functor.h),
+    # in the same order (tests/test_runtime.py compares codes with TF on ties and neighbours):
+    #  * divide by the step; do not multiply by a float32 reciprocal. float32(1/scale) is off
+    #    by up to half an ulp, which sends values within ~1e-5 LSB of a boundary to the
+    #    neighbouring code (a few % of values placed near .5 points disagree);
+    #  * subtract the zero point (TF's unsigned-domain zero point qz = zero_point - qmin)
+    #    before adding 0.5: TF rounds the offset from the zero point, and that subtraction
+    #    itself rounds in float32;
+    #  * floor(v + 0.5) is round-half-up: an exact .5 goes to the larger code, for negative
+    #    offsets too. np.round (half to even) and C's round (half away from zero) differ from
+    #    it on ties, which is where a host-side quantizer and the QAT model would part ways.
+    # Note that with scale = float32(1/255) the value 0.5 is *not* a tie: 0.5 / scale is
+    # 127.4999924 in float32 (float32(1/255) > 1/255), so it gets code 127 in TF's 0..255
+    # domain (int8: -1), not 128.
     qz = np.float32(zero_point - qmin)
     nudged_min = np.float32(qmin - zero_point) * scale32
     nudged_max = np.float32(qmax - zero_point) * scale32
@@ -685,7 +686,9 @@ def compare(
         n_samples=n,
         top1_agreement=top1,
         max_abs_error=max_abs_error,
-        max_abs_lsb=float(max_abs_error / scale),
+        # In codes, not max_abs_error / scale: the float32 Keras value of a grid point is off by
+        # an ulp, which would turn an exact 1-LSB difference into 1.000005.
+        max_abs_lsb=float(code_diff.max()),
         bit_exact_fraction=float(np.mean(code_diff == 0)),
         within_one_lsb_fraction=float(np.mean(code_diff <= 1)),
         output_scale=float(scale),
