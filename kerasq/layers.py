@@ -75,7 +75,8 @@ class ActivationSpec:
         name = activation if isinstance(activation, str) else keras.activations.serialize(activation)
         if isinstance(name, dict):  # Keras may serialize a function as a config dict
             name = name.get("config", name.get("class_name"))
-        name = {None: "linear", "relu6": "relu6"}.get(name, name)
+        if name is None:
+            name = "linear"
         if name == "relu6":
             return cls("relu", 6.0)
         return cls(str(name))
