@@ -45,3 +45,24 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "missing.tflite")]) == 2
     assert main(["export", str(tmp_path / "missing.keras"), "--out", str(tmp_path / "x.tflite")]) == 2
     assert not (tmp_path / "x.tflite").exists()
+
+
+def test_export_saved_models(trained_float_cnn, digits, tmp_path, capsys):
+    import kerasq
+    import tflite_export
+    from conftest import fit_qat
+
+    float_path, qat_path = tmp_path / "float.keras", tmp_path / "qat.keras"
+    trained_float_cnn.save(float_path)
+    fit_qat(kerasq.quantize_model(trained_float_cnn), digits, epochs=1).save(qat_path)
+    # A quantized model exports as trained; a float one needs calibration data (PTQ).
+    assert main(["export", str(qat_path), "--out", str(tmp_path / "qat.tflite")]) == 0
+    assert main(["export", str(float_path), "--out", str(tmp_path / "ptq.tflite"), "--dataset", "digits"]) == 0
+    assert main(["export", str(float_path), "--out", str(tmp_path / "none.tflite")]) == 2
+    assert "representative_data" in capsys.readouterr().err
+    assert not (tmp_path / "none.tflite").exists()
+    _, (x_test, y_test) = digits
+    for name in ("qat.tflite", "ptq.tflite"):
+        blob = (tmp_path / name).read_bytes()
+        assert tflite_export.inspect(blob).is_integer_only
+        assert tflite_export.evaluate(blob, x_test, y_test) > 0.85
