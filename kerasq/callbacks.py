@@ -27,8 +27,8 @@ class _INQLayer:
     def __init__(self, layer):
         self.layer = layer
         self.kernel = layer.kernel
-        self.mask = layer._weight_vars["mask"]
-        self.freeze = layer._weight_vars["freeze"]
+        self.mask = layer.weight_quantizer_variables["mask"]
+        self.freeze = layer.weight_quantizer_variables["freeze"]
         quantizer = layer.weight_quantizer
         w = self.kernel.numpy()
         axes = tuple(ops.reduce_axes(w.ndim, quantizer.channel_axes))

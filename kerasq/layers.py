@@ -203,6 +203,16 @@ class QuantizedLayer(keras.layers.Wrapper):
             outputs = self.activation_quantizer(outputs, training, weights=self._activation_vars)
         return outputs
 
+    @property
+    def weight_quantizer_variables(self) -> dict[str, tf.Variable]:
+        """The variables the weight quantizer built on this layer (e.g. a k-means codebook, an INQ mask)."""
+        return self._weight_vars
+
+    @property
+    def activation_quantizer_variables(self) -> dict[str, tf.Variable]:
+        """The variables of the activation quantizer (e.g. EMA ``min``/``max``, PACT ``alpha``)."""
+        return self._activation_vars
+
     def initialize_quantizers(self) -> None:
         """Let the weight quantizer derive its state from the current float kernel."""
         if self.weight_quantizer is not None:

@@ -41,11 +41,11 @@ def seed_qmodel(clusters: int = 4) -> keras.Model:
 def test_seed_matrix_codebook_and_assignments():
     qmodel = seed_qmodel(4)
     layer = qmodel.get_layer("fc")
-    codebook = layer._weight_vars["codebook"].numpy()
+    codebook = layer.weight_quantizer_variables["codebook"].numpy()
     np.testing.assert_allclose(codebook, EXACT_CENTROIDS, rtol=1e-6, atol=1e-9)
     np.testing.assert_array_equal(np.round(codebook, 2) + 0.0, LECTURE_CENTROIDS)
     # Assignments live in the Dense kernel layout [in, out]: transpose back to the lecture's rows.
-    np.testing.assert_array_equal(layer._weight_vars["assignments"].numpy().T, LECTURE_ASSIGNMENTS)
+    np.testing.assert_array_equal(layer.weight_quantizer_variables["assignments"].numpy().T, LECTURE_ASSIGNMENTS)
     # Deployed codebook: s = 2/127; -1/s = -63.5 rounds half to even to -64, 1.5/s = 95.25 -> 95.
     grid = layer.weight_grid()
     assert grid.bits == 8
@@ -122,15 +122,15 @@ def test_centroid_gradient_is_sum_of_weight_gradients():
 def test_fit_trains_codebook_keeps_assignments():
     qmodel = seed_qmodel(4)
     layer = qmodel.get_layer("fc")
-    before = {name: var.numpy().copy() for name, var in layer._weight_vars.items()}
+    before = {name: var.numpy().copy() for name, var in layer.weight_quantizer_variables.items()}
     kernel_before = layer.kernel.numpy().copy()
     rng = np.random.default_rng(3)
     x = rng.standard_normal((128, 4)).astype(np.float32)
     qmodel.compile(keras.optimizers.Adam(1e-2), "mse")
     qmodel.fit(x, x @ np.ones((4, 4), np.float32), epochs=2, batch_size=32, verbose=0)
-    codebook = layer._weight_vars["codebook"].numpy()
+    codebook = layer.weight_quantizer_variables["codebook"].numpy()
     assert np.abs(codebook - before["codebook"]).min() > 1e-3  # every centroid moved
-    np.testing.assert_array_equal(layer._weight_vars["assignments"].numpy(), before["assignments"])
+    np.testing.assert_array_equal(layer.weight_quantizer_variables["assignments"].numpy(), before["assignments"])
     np.testing.assert_array_equal(layer.kernel.numpy(), kernel_before)
     quantized = kerasq.quantized_weights(qmodel)["fc"]
     assert np.unique(quantized).size <= 4
@@ -169,8 +169,8 @@ def test_serialization_round_trip(tmp_path):
     layer = restored.get_layer("fc")
     assert layer.weight_quantizer == KMeansQuantizer(3)
     for name in ("codebook", "assignments"):
-        original = qmodel.get_layer("fc")._weight_vars[name].numpy()
-        np.testing.assert_array_equal(layer._weight_vars[name].numpy(), original)
+        original = qmodel.get_layer("fc").weight_quantizer_variables[name].numpy()
+        np.testing.assert_array_equal(layer.weight_quantizer_variables[name].numpy(), original)
 
 
 def test_end_to_end_kmeans16_on_digits(trained_float_cnn, digits):
@@ -179,14 +179,14 @@ def test_end_to_end_kmeans16_on_digits(trained_float_cnn, digits):
     keras.utils.set_random_seed(0)
     qmodel = kerasq.quantize_model(trained_float_cnn, KMeans(clusters=16), first_last_int8=False)
     codebooks = {
-        layer.name: layer._weight_vars["codebook"].numpy().copy()
+        layer.name: layer.weight_quantizer_variables["codebook"].numpy().copy()
         for layer in kerasq.quantized_layers(qmodel)
         if layer.weight_quantizer is not None
     }
     fit_qat(qmodel, digits, epochs=3, lr=1e-3)
     names = [layer.name for layer in kerasq.quantized_layers(qmodel) if layer.weight_quantizer is not None]
     assert names == ["conv1", "dw2", "pw2", "fc"]
-    assert all(not np.array_equal(qmodel.get_layer(n)._weight_vars["codebook"].numpy(), codebooks[n]) for n in names)
+    assert all(not np.array_equal(qmodel.get_layer(n).weight_quantizer_variables["codebook"].numpy(), codebooks[n]) for n in names)
 
     blob = tflite_export.convert(qmodel)
     report = tflite_export.inspect(blob)

@@ -217,7 +217,7 @@ def test_lecture_inq_example_first_step():
     np.testing.assert_array_equal(kerasq.quantized_weights(qmodel)["fc"].T, W5)  # mask 0: all float
     inq.on_epoch_begin(0)
     layer = qmodel.get_layer("fc")
-    mask = layer._weight_vars["mask"].numpy().T
+    mask = layer.weight_quantizer_variables["mask"].numpy().T
     np.testing.assert_array_equal(mask, ~np.isnan(W5_LECTURE_50))  # the 12 of 25 largest |w|
     got = kerasq.quantized_weights(qmodel)["fc"].T
     quantized = ~np.isnan(W5_LECTURE_50)
@@ -242,7 +242,7 @@ def test_inq_during_fit_freezes_and_finishes():
 
     class Probe(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            mask = layer._weight_vars["mask"].numpy()
+            mask = layer.weight_quantizer_variables["mask"].numpy()
             records.append([mask, layer.kernel.numpy(), kerasq.quantized_weights(qmodel)["fc"]])
 
         def on_epoch_end(self, epoch, logs=None):
@@ -258,7 +258,7 @@ def test_inq_during_fit_freezes_and_finishes():
         if not frozen.all():
             assert not np.array_equal(w_end[~frozen], w_begin[~frozen])  # the rest did train
             assert np.abs(w_end).max() <= np.abs(W5).max()  # the exponent window stays fixed
-    np.testing.assert_array_equal(layer._weight_vars["mask"].numpy(), np.ones((5, 5)))
+    np.testing.assert_array_equal(layer.weight_quantizer_variables["mask"].numpy(), np.ones((5, 5)))
     expected = nearest_level_oracle(layer.kernel.numpy(), 4, 0.9)
     np.testing.assert_array_equal(kerasq.quantized_weights(qmodel)["fc"], expected)
 
@@ -275,13 +275,13 @@ def test_schedule_shorter_or_longer_than_training(schedule, epochs_per_step, epo
     qmodel = kerasq.quantize_model(dense_model(W5.T), "int8", layer_schemes={"fc": PowerOfTwo(bits=4)})
     counts = []
     probe = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: counts.append(int(qmodel.get_layer("fc")._weight_vars["mask"].numpy().sum()))
+        on_epoch_begin=lambda epoch, logs: counts.append(int(qmodel.get_layer("fc").weight_quantizer_variables["mask"].numpy().sum()))
     )
     qmodel.compile(keras.optimizers.SGD(1e-2), "mse")
     x = np.random.default_rng(3).standard_normal((64, 5)).astype(np.float32)
     qmodel.fit(x, x, epochs=epochs, batch_size=32, verbose=0, callbacks=[INQ(schedule, epochs_per_step), probe])
     assert counts == seen
-    assert qmodel.get_layer("fc")._weight_vars["mask"].numpy().sum() == 25
+    assert qmodel.get_layer("fc").weight_quantizer_variables["mask"].numpy().sum() == 25
 
 
 def test_export_refuses_unfinished_inq():
@@ -336,9 +336,9 @@ def test_serialization_round_trip(tmp_path):
     np.testing.assert_array_equal(restored.predict(x, verbose=0), qmodel.predict(x, verbose=0))
     layer = restored.get_layer("fc")
     assert layer.weight_quantizer == PowerOfTwoQuantizer(3, (-1,))
-    original_mask = qmodel.get_layer("fc")._weight_vars["mask"].numpy()
-    np.testing.assert_array_equal(layer._weight_vars["mask"].numpy(), original_mask)
-    assert float(layer._weight_vars["freeze"].numpy()) == 1.0
+    original_mask = qmodel.get_layer("fc").weight_quantizer_variables["mask"].numpy()
+    np.testing.assert_array_equal(layer.weight_quantizer_variables["mask"].numpy(), original_mask)
+    assert float(layer.weight_quantizer_variables["freeze"].numpy()) == 1.0
 
 
 def test_end_to_end_inq_on_digits(trained_float_cnn, digits):
@@ -354,7 +354,7 @@ def test_end_to_end_inq_on_digits(trained_float_cnn, digits):
 
     class Probe(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            self.start = [(layer._weight_vars["mask"].numpy() > 0.5, layer.kernel.numpy()) for layer in po2_layers]
+            self.start = [(layer.weight_quantizer_variables["mask"].numpy() > 0.5, layer.kernel.numpy()) for layer in po2_layers]
             counts.append([int(mask.sum()) for mask, _ in self.start])
 
         def on_epoch_end(self, epoch, logs=None):
