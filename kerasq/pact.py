@@ -35,7 +35,8 @@ def pact_fake_quant(x: tf.Tensor, alpha: tf.Tensor, bits: int) -> tf.Tensor:
 
         y = S · round_half_up(clip(x, 0, α̃) / S),   S = α / (2^k - 1)
 
-    where ``α̃ = (2^k - 1)·S`` is FakeQuant's nudged top (equal to ``α`` or one float32 ulp off).
+    where ``α̃ = (2^k - 1)·S`` is FakeQuant's nudged top (equal to ``α`` or one float32 ulp off)
+    and ``/ S`` is a float32 division, as in TensorFlow's kernel.
 
     Backward (straight-through inside the clipping range)::
 
@@ -75,19 +76,18 @@ def pact_fake_quant(x: tf.Tensor, alpha: tf.Tensor, bits: int) -> tf.Tensor:
 
 
 def pact_fake_quant_numpy(x: np.ndarray, alpha: float, bits: int) -> np.ndarray:
-    """NumPy mirror of ``pact_fake_quant``'s forward, float32 as TensorFlow computes it.
+    """NumPy mirror of ``pact_fake_quant``'s forward, float32 as TensorFlow 2.21 computes it.
 
-    Uses ``ops.nudged_affine(0, α, bits)`` and FakeQuant's arithmetic: clamp to the nudged range,
-    multiply by the float32 reciprocal of the scale, ``floor(· + 0.5)``, multiply back.
+    ``FakeQuantWithMinMaxVars`` on ``[0, α]``: the nudged zero point is 0, so
+    ``y = floor(clip(x, 0, α̃)/S + 0.5)·S`` with ``S``, ``α̃`` from ``ops.nudged_affine(0, α, bits)``.
+    The kernel divides by ``S`` (it does not multiply by a reciprocal): ties such as
+    ``x = 1.5·S`` land where TensorFlow puts them only with the division.
     """
     params = ops.nudged_affine(0.0, alpha, bits)
     scale = np.float32(params.scale)
-    nudged_min = np.float32(np.float32(params.code_min - params.zero_point) * scale)
-    nudged_max = np.float32(np.float32(params.code_max - params.zero_point) * scale)
-    inv_scale = np.float32(np.float32(1.0) / scale)
-    clamped = np.clip(np.asarray(x, np.float32), nudged_min, nudged_max)
-    codes = np.floor((clamped - nudged_min) * inv_scale + np.float32(0.5)).astype(np.float32)
-    return (codes * scale + nudged_min).astype(np.float32)
+    top = np.float32(np.float32(params.code_max - params.zero_point) * scale)
+    clamped = np.clip(np.asarray(x, np.float32), np.float32(0.0), top)
+    return (np.floor(clamped / scale + np.float32(0.5)) * scale).astype(np.float32)
 
 
 def pact_gradient_numpy(x: np.ndarray, alpha: float, upstream: np.ndarray | None = None) -> tuple[np.ndarray, float]:
@@ -231,7 +231,9 @@ class PACT(Scheme):
         self.alpha_l2 = float(alpha_l2)
 
     def weight_quantizer(self, layer):
-        return LinearWeightQuantizer(self.weight_bits, symmetric=True, narrow_range=True, channel_axes=channel_axes(layer))
+        return LinearWeightQuantizer(
+            self.weight_bits, symmetric=True, narrow_range=True, channel_axes=channel_axes(layer)
+        )
 
     def activation_quantizer(self, layer, activation: ActivationSpec):
         if activation.kind != "relu":
