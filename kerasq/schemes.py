@@ -145,3 +145,8 @@ def available_schemes() -> list[str]:
 
 
 from kerasq.pact import PACT  # noqa: E402,F401
+from kerasq.power_of_two import PowerOfTwo  # noqa: E402,F401
+from kerasq.kmeans import KMeans  # noqa: E402,F401
+from kerasq.binary import Binary  # noqa: E402,F401
+from kerasq.ternary import Ternary  # noqa: E402,F401
+from kerasq.dorefa import DoReFa  # noqa: E402,F401

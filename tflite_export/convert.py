@@ -26,6 +26,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from kerasq import calibrate, quantize_model
+from kerasq.binary import SignActivationQuantizer
 from kerasq.compat import keras
 from kerasq.graph import LayerGraph
 from kerasq.layers import QuantizedLayer, QuantizeInput
@@ -272,7 +273,8 @@ class _GraphExporter:
         else:
             out_params = wrapper.pre_activation_params()
             fused = schema.ActivationFunctionType.NONE
-        out = self.w.activation(wrapper.name, shape, out_params)
+        sign_input = _sign_input_params(wrapper)  # binary activations: the op writes the x̂ the sign reads
+        out = self.w.activation(wrapper.name, shape, sign_input or out_params)
 
         if isinstance(inner, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
             self._weight_op(wrapper, sources[0], out, fused)
@@ -295,6 +297,9 @@ class _GraphExporter:
         else:
             raise ExportError(f"Layer {wrapper.name!r} ({type(inner).__name__}) has no integer TFLite export rule.")
 
+        if sign_input is not None:
+            self.produced[wrapper.name] = (_sign_activation(self.w, wrapper, out, shape, sources[0][1]), out_params)
+            return
         if not spec.fusable:
             act_params = wrapper.activation_params()
             act_out = self.w.activation(f"{wrapper.name}/{spec.kind}", shape, act_params)
@@ -385,6 +390,89 @@ class _GraphExporter:
         options.newShape = [-1, *shape]
         self.w.op(_OP.RESHAPE, [index, new_shape], [out], schema.BuiltinOptions.ReshapeOptions, options)
         self.produced[layer.name] = (out, params)
+
+
+def _sign_input_params(wrapper: QuantizedLayer) -> AffineParams | None:
+    """The int8 grid of ``x̂`` when the output is binarized by ``SignActivationQuantizer``, else None."""
+    if isinstance(wrapper.pre_activation_quantizer, SignActivationQuantizer):
+        raise ExportError(
+            f"Layer {wrapper.name!r} binarizes the input of its {wrapper.activation.kind} activation; a binary "
+            "activation exports only as the layer output (linear or ReLU activation)."
+        )
+    if not isinstance(wrapper.activation_quantizer, SignActivationQuantizer):
+        return None
+    return wrapper.activation_quantizer.input_params(wrapper._activation_vars)
+
+
+def _sign_activation(
+    w: _Writer, wrapper: QuantizedLayer, x_index: int, shape: list[int], x_params: AffineParams
+) -> int:
+    """Binary activation ``β·sign(x̂)`` as integer ops; returns the int8 output tensor.
+
+    ``CAST`` (int8 codes to int32, values unchanged) → ``GREATER_EQUAL(codes, t)`` → bool →
+    ``SELECT_V2(cond, +1, -1)`` into int8 with scale ``β``, zero point 0. The comparison runs on
+    raw int32 codes: LiteRT's int8 GREATER_EQUAL rescales its inputs (``(q - zp)·2^8·S`` in
+    fixed point), which merges neighbouring codes when ``S < 1/512``.
+
+    For Conv2D/DepthwiseConv2D/Dense the op's own output is turned into an exact decision
+    (``_sign_decision``); for other layers (mean, add) ``t`` is the zero point of ``x̂``'s
+    int8 grid, plus one after a ReLU.
+    """
+    quantizer, variables = wrapper.activation_quantizer, wrapper._activation_vars
+    params = quantizer.affine_params(variables)
+    if isinstance(wrapper.layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
+        threshold = _sign_decision(w, wrapper, x_params)
+    else:
+        threshold = quantizer.threshold_code(variables)
+    codes = w.tensor(f"{wrapper.name}/codes", [1, *shape], schema.TensorType.INT32, dynamic_batch=True)
+    options = schema.CastOptionsT()
+    options.inDataType, options.outDataType = schema.TensorType.INT8, schema.TensorType.INT32
+    w.op(_OP.CAST, [x_index], [codes], schema.BuiltinOptions.CastOptions, options)
+    t_index = w.constant_int32(f"{wrapper.name}/threshold", threshold)
+    positive = w.tensor(f"{wrapper.name}/positive", [1, *shape], schema.TensorType.BOOL, dynamic_batch=True)
+    w.op(_OP.GREATER_EQUAL, [codes, t_index], [positive])
+    plus, minus = (
+        w.tensor(f"{wrapper.name}/{name}", [], schema.TensorType.INT8, scale=[params.scale], zero_point=[0], data=code)
+        for name, code in (("plus_one", np.array(1, np.int8)), ("minus_one", np.array(-1, np.int8)))
+    )
+    out = w.activation(f"{wrapper.name}/sign", shape, params)
+    w.op(_OP.SELECT_V2, [positive, plus, minus], [out])
+    return out
+
+
+def _sign_decision(w: _Writer, wrapper: QuantizedLayer, x_params: AffineParams) -> int:
+    """Rewrite the weight op just written: its int8 output is ``>= 0`` exactly where Keras' sign is ``+1``.
+
+    Keras: ``+1`` iff ``x̂ = FakeQuant(act(y)) >= 0`` (``> 0`` after a ReLU), i.e. iff
+    ``y >= θ`` with ``θ = (t - zp - 1/2)·S`` on ``x̂``'s grid (always, if ``θ`` is below the
+    clamped range). With ``y = s_b·Σ + b`` (``Σ`` the integer accumulator, ``s_b = s_in·s_w[c]``)
+    that is ``Σ >= A_c = ceil((θ - b_c)/s_b[c])``. Writing the int32 bias as ``-A_c`` puts the
+    decision at accumulator 0, independent of how the float bias would round to ``s_b``; the
+    output (no fused activation, scale ``min s_b`` so every multiplier is ``>= 1``, zero point
+    0) is then ``>= 0`` exactly when ``Σ >= A_c``. Returns the threshold code, 0.
+    """
+    quantizer, variables = wrapper.activation_quantizer, wrapper._activation_vars
+    pre = quantizer.input_params(variables)
+    theta = (quantizer.threshold_code(variables) - pre.zero_point - 0.5) * pre.scale
+    lowest = (pre.code_min - pre.zero_point) * pre.scale
+    grid = wrapper.weight_grid()
+    _, _, k = _storage(grid.codes, grid.bits, wrapper.name)
+    op = w.operators[-1]
+    bias_tensor, out_tensor = w.tensors[int(op.inputs[2])], w.tensors[int(op.outputs[0])]
+    channels = int(bias_tensor.shape[0])
+    weight_scales = _channel_scales(grid.scale.astype(np.float32) / np.float32(k), channels)
+    bias_scales = np.float64(np.float32(x_params.scale)) * weight_scales.astype(np.float64)  # exact s_in·s_w
+    bias = wrapper.layer.bias.numpy().astype(np.float64) if wrapper.layer.use_bias else np.zeros(channels)
+    if theta < lowest:  # the clamped x̂ is never negative: always +1
+        accumulator_threshold = np.full(channels, -(2**30), np.int64)
+    else:
+        accumulator_threshold = np.ceil((theta - bias) / bias_scales).astype(np.int64)
+    codes = np.clip(-accumulator_threshold, -(2**31), 2**31 - 1).astype(np.int32)
+    w.buffers[bias_tensor.buffer].data = np.frombuffer(codes.tobytes(), np.uint8)
+    out_tensor.quantization.scale = np.array([bias_scales.min()], np.float32)
+    out_tensor.quantization.zeroPoint = np.array([0], np.int64)
+    op.builtinOptions.fusedActivationFunction = schema.ActivationFunctionType.NONE
+    return 0
 
 
 def _is_quantized(model: keras.Model) -> bool:
