@@ -111,6 +111,21 @@ def _absorb_activations(graph: LayerGraph) -> dict[str, ActivationSpec]:
     return activations
 
 
+def _producers(graph: LayerGraph, name: str) -> list[str]:
+    """Nodes whose output reaches ``name``'s input through pass-through layers only."""
+    found, stack = [], list(graph.node(name).inbound)
+    while stack:
+        source = stack.pop()
+        if source in graph.inputs:
+            continue
+        node = graph.node(source)
+        if isinstance(node.layer, PASS_THROUGH_LAYERS):
+            stack.extend(node.inbound)
+        else:
+            found.append(source)
+    return found
+
+
 def _resolve_schemes(
     graph: LayerGraph,
     scheme: Scheme,
@@ -130,6 +145,11 @@ def _resolve_schemes(
     if first_last_int8 and weight_layers:
         for name in {weight_layers[0], weight_layers[-1]}:
             resolved[name] = Linear()
+        # "Last layer at 8 bits" covers its input too: a weightless layer feeding it (global
+        # pooling, Add, Concatenate) gets an int8 output instead of a low-bit one.
+        for name in _producers(graph, weight_layers[-1]):
+            if isinstance(graph.node(name).layer, OUTPUT_QUANTIZED_LAYERS):
+                resolved[name] = Linear()
     for name, value in layer_schemes.items():
         resolved[name] = None if value is None else get_scheme(value)
     return resolved

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import accuracy, fit_qat
+from conftest import assert_int8_storage_parity, accuracy, fit_qat
 
 import kerasq
 import tflite_export
@@ -236,13 +236,14 @@ def test_end_to_end_on_digits(trained_float_cnn, digits, method):
         assert info.tensor.dtype == "int4" and info.tensor.packed
         assert info.bits <= 2 and info.tensor.distinct_values == 3
     parity = tflite_export.compare(qmodel, blob, x_test)
-    # Weights are exact; the int32 bias grid s_in·s_w is coarse for ternary weights stored as INT4
-    # (s_w = r_t/4 or max(w_p, w_n)/7), so the exported bias rounds by up to ~0.1 output LSB
-    # (~0.001 for int8 weights) and outputs differ by a few LSB where that rounding flips a code.
-    # Measured: TWN max 3 LSB, 44.7 % bit-exact, top-1 agreement 0.9956; TTQ max 2 LSB,
-    # 66.3 % bit-exact, top-1 agreement 1.0.
+    # Weights are exact. With INT4 codes the requantization multiplier s_in·s_w/s_out is ~0.04, so
+    # TFLite's double rounding keeps 4-5 fractional bits and flips ~5 % of near-tie codes in each
+    # ternary layer. Measured (INT4): TWN max 3 LSB, 45 % bit-exact, top-1 agreement 0.9956;
+    # TTQ max 3 LSB, 60 %, 0.9933.
     assert parity.max_abs_lsb <= 4
     assert parity.top1_agreement >= 0.99
+    # Widened INT8 storage: measured TWN max 1 LSB, 99.6 % bit-exact; TTQ 0 LSB, 100 %.
+    assert_int8_storage_parity(qmodel, x_test)
     float_acc = accuracy(trained_float_cnn, x_test, y_test)
     tflite_acc = tflite_export.evaluate(blob, x_test, y_test)
     # Measured: float 0.9556; TWN QAT 0.8978, TFLite 0.8933; TTQ QAT 0.9178, TFLite 0.9178.
