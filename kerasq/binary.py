@@ -41,7 +41,7 @@ from kerasq.quantizers import (
     MovingAverageQuantizer,
     WeightGrid,
     WeightQuantizer,
-    _python_training,
+    is_training,
 )
 from kerasq.registry import ConfigEquality, register
 from kerasq.schemes import PRESETS, Scheme
@@ -273,7 +273,7 @@ class BinaryWeightQuantizer(WeightQuantizer):
 
     def __call__(self, inputs, training, weights, **kwargs):
         w = tf.convert_to_tensor(inputs, tf.float32)
-        if self.stochastic and _python_training(training):
+        if self.stochastic and is_training(training):
             codes = stochastic_ste_sign(w)
         else:
             codes = ste_sign(w)
@@ -341,7 +341,7 @@ class SignActivationQuantizer(ActivationQuantizer):
     def _beta(self, x_hat: tf.Tensor, training, weights) -> tf.Tensor:
         if not self.scaled:
             return tf.constant(1.0, tf.float32)
-        if _python_training(training):
+        if is_training(training):
             batch = tf.reduce_mean(tf.abs(x_hat))
             first = tf.equal(weights["observed"], 1)  # the range observer counted this batch already
             weights["beta"].assign(tf.where(first, batch, self.decay * weights["beta"] + (1 - self.decay) * batch))

@@ -71,8 +71,12 @@ class WeightQuantizer(Quantizer):
         """The exact integer form of ``self(w, training=False, weights)``."""
 
 
-def _python_training(training) -> bool:
-    """Quantizers branch in Python; fit/evaluate/predict pass Python booleans."""
+def is_training(training) -> bool:
+    """The ``training`` flag as a Python bool: quantizers branch in Python.
+
+    fit/evaluate/predict pass Python booleans; a symbolic flag without a static value counts as
+    inference (range observers then do not update).
+    """
     if isinstance(training, (bool, int, np.bool_, np.integer)):
         return bool(training)
     if training is None:
@@ -194,7 +198,7 @@ class MovingAverageQuantizer(ActivationQuantizer):
         weights["observed"].assign_add(1)
 
     def __call__(self, inputs, training, weights, **kwargs):
-        if _python_training(training):
+        if is_training(training):
             self.observe(inputs, weights)
         lo = tf.minimum(weights["min"], 0.0)
         hi = tf.maximum(weights["max"], lo + 1e-6)  # an unobserved range must not divide by zero

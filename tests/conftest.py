@@ -53,3 +53,29 @@ def assert_int8_storage_parity(qmodel, x):
     assert parity.max_abs_lsb <= 1, parity
     assert parity.top1_agreement >= 0.99, parity
     return parity
+
+
+# Seed lecture's 4x4 weight matrix (rows = output channels); as a Dense kernel it is SEED_W.T.
+SEED_W = np.array(
+    [[2.09, -0.98, 1.48, 0.09], [0.05, -0.14, -1.08, 2.12], [-0.91, 1.92, 0.0, -1.03], [1.87, 0.0, 1.53, 1.49]],
+    np.float32,
+)
+
+
+def export_with_exact_weights(qmodel, **convert_kwargs):
+    """Convert, assert integer-only, assert every exported kernel equals ``quantized_weights``.
+
+    Weight ops are matched to Keras layers in order (CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED
+    follow the weight layers). Returns ``(blob, report)``.
+    """
+    import kerasq
+    import tflite_export
+
+    blob = tflite_export.convert(qmodel, **convert_kwargs)
+    report = tflite_export.inspect(blob)
+    assert report.is_integer_only, report.float_ops
+    quantized = kerasq.quantized_weights(qmodel)
+    assert len(report.weights) == len(quantized)
+    for info, (name, kernel) in zip(report.weights, quantized.items()):
+        np.testing.assert_allclose(info.keras_kernel(), kernel, rtol=1e-6, atol=1e-7, err_msg=name)
+    return blob, report

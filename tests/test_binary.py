@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
-from conftest import assert_int8_storage_parity, accuracy, fit_qat
+from conftest import export_with_exact_weights, SEED_W as W, assert_int8_storage_parity, accuracy, fit_qat
 
 import kerasq
 import tflite_export
@@ -25,11 +25,6 @@ from kerasq.binary import (
 )
 from kerasq.quantizers import MovingAverageQuantizer
 
-# Seed lecture's 4x4 weight matrix (rows = output channels); as a Dense kernel it is W.T.
-W = np.array(
-    [[2.09, -0.98, 1.48, 0.09], [0.05, -0.14, -1.08, 2.12], [-0.91, 1.92, 0.0, -1.03], [1.87, 0.0, 1.53, 1.49]],
-    np.float32,
-)
 # The lecture's W^B = sign(W): the two zeros (W[2,2], W[3,1]) binarize to +1.
 W_SIGN = np.array([[1, -1, 1, 1], [1, -1, -1, 1], [-1, 1, 1, -1], [1, 1, 1, 1]], np.float32)
 
@@ -388,18 +383,14 @@ def test_validation_errors():
 
 
 # --- end to end on digits --------------------------------------------------------------------
-def _check_export(qmodel, blob, low_bit_layers=("dw2", "pw2")):
-    report = tflite_export.inspect(blob)
-    assert report.is_integer_only
-    names = [layer.name for layer in kerasq.quantized_layers(qmodel) if layer.weight_quantizer is not None]
-    assert names == ["conv1", "dw2", "pw2", "fc"]
-    quantized = kerasq.quantized_weights(qmodel)
-    for info, name in zip(report.weights, names):
-        np.testing.assert_allclose(info.keras_kernel(), quantized[name], rtol=1e-6, atol=1e-7)
-        if name in low_bit_layers:
-            assert info.tensor.dtype == "int4" and info.tensor.packed
-            assert info.bits <= 1 and info.tensor.distinct_values == 2  # codes +-4 with scale alpha/4
-    return report
+def _check_export(qmodel):
+    """Export; the first and last layers stay int8, dw2/pw2 are binary INT4 codes +-4 (scale alpha/4)."""
+    blob, report = export_with_exact_weights(qmodel)
+    assert list(kerasq.quantized_weights(qmodel)) == ["conv1", "dw2", "pw2", "fc"]
+    for info in report.weights[1:3]:
+        assert info.tensor.dtype == "int4" and info.tensor.packed
+        assert info.bits <= 1 and info.tensor.distinct_values == 2
+    return blob, report
 
 
 def test_end_to_end_bwn_on_digits(trained_float_cnn, digits):
@@ -407,8 +398,7 @@ def test_end_to_end_bwn_on_digits(trained_float_cnn, digits):
     keras.utils.set_random_seed(0)
     qmodel = kerasq.quantize_model(trained_float_cnn, Binary("bwn"))  # conv1 and fc stay int8
     fit_qat(qmodel, digits, epochs=3, lr=1e-3)
-    blob = tflite_export.convert(qmodel)
-    _check_export(qmodel, blob)
+    blob, _ = _check_export(qmodel)
     parity = tflite_export.compare(qmodel, blob, x_test)
     # Weights are exact. With INT4 codes (+-4, scale alpha/4) the requantization multiplier is
     # large, so TFLite's double rounding flips a few percent of near-tie codes per binary layer.
@@ -437,8 +427,7 @@ def test_end_to_end_xnor_on_digits(trained_float_cnn, digits):
         "fc": "MovingAverageQuantizer",
     }
     fit_qat(qmodel, digits, epochs=12, lr=5e-3)
-    blob = tflite_export.convert(qmodel)
-    report = _check_export(qmodel, blob)
+    blob, report = _check_export(qmodel)
     assert report.op_counts()["SELECT_V2"] == 2
     parity = tflite_export.compare(qmodel, blob, x_test)
     # Sign decisions are exported exactly; what can still differ is conv1 (int8), where a 1-LSB

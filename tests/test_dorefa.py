@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
-from conftest import assert_int8_storage_parity, accuracy, fit_qat
+from conftest import export_with_exact_weights, assert_int8_storage_parity, accuracy, fit_qat
 
 import kerasq
 import tflite_export
@@ -325,14 +325,8 @@ def test_end_to_end_dorefa_w4a4_on_digits(trained_float_cnn, digits):
     # Weights lose their scale ([-1, 1]) and ReLUs become clip(x, 0, 1): a higher rate recovers faster.
     fit_qat(qmodel, digits, epochs=3, lr=3e-3)
 
-    blob = tflite_export.convert(qmodel)
-    report = tflite_export.inspect(blob)
-    assert report.is_integer_only
-    names = [layer.name for layer in kerasq.quantized_layers(qmodel) if layer.weight_quantizer is not None]
-    assert names == ["conv1", "dw2", "pw2", "fc"]
-    quantized = kerasq.quantized_weights(qmodel)
-    for info, name in zip(report.weights, names):
-        np.testing.assert_allclose(info.keras_kernel(), quantized[name], rtol=1e-6, atol=1e-7)
+    blob, report = export_with_exact_weights(qmodel)
+    assert list(kerasq.quantized_weights(qmodel)) == ["conv1", "dw2", "pw2", "fc"]
     for info in report.weights[1:3]:  # dw2, pw2: odd codes ±1..±15 (x8 in storage), 16 values
         assert info.tensor.dtype == "int8" and info.bits <= 4
         assert set(np.unique(np.abs(info.codes))) <= set(range(8, 121, 16))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import accuracy, fit_qat
+from conftest import SEED_W as W, accuracy, fit_qat
 from sklearn.cluster import KMeans as SKLearnKMeans
 
 import kerasq
@@ -12,11 +12,6 @@ import tflite_export
 from kerasq import keras, tf
 from kerasq.kmeans import KMeans, KMeansQuantizer, codebook_codes, codebook_codes_numpy, kmeans_1d
 
-# Seed lecture's 4x4 weight matrix (rows = output channels); as a Dense kernel it is W.T.
-W = np.array(
-    [[2.09, -0.98, 1.48, 0.09], [0.05, -0.14, -1.08, 2.12], [-0.91, 1.92, 0.0, -1.03], [1.87, 0.0, 1.53, 1.49]],
-    np.float32,
-)
 # The lecture's cluster index table and its codebook "3: 2.00, 2: 1.50, 1: 0.00, 0: -1.00"
 # (labels already in increasing centroid order, which is kerasq's order too).
 LECTURE_ASSIGNMENTS = np.array([[3, 0, 2, 1], [1, 1, 0, 3], [0, 3, 1, 0], [3, 1, 2, 2]])

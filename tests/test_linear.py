@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import SEED_W as W
 
 import kerasq
 from kerasq import keras, ops, tf
 from kerasq.quantizers import LinearWeightQuantizer
 from kerasq.schemes import Linear
-
-# Seed lecture (MIT 6.5940 Lecture 06) weight matrix; rows are output channels.
-W = np.array(
-    [[2.09, -0.98, 1.48, 0.09], [0.05, -0.14, -1.08, 2.12], [-0.91, 1.92, 0.0, -1.03], [1.87, 0.0, 1.53, 1.49]],
-    np.float32,
-)
 
 
 def one_layer(scheme) -> keras.Model:

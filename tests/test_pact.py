@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
-from conftest import assert_int8_storage_parity, accuracy, fit_qat
+from conftest import export_with_exact_weights, assert_int8_storage_parity, accuracy, fit_qat
 
 import kerasq
 import tflite_export
@@ -298,14 +298,8 @@ def test_end_to_end_pact_w4a4_on_digits(trained_float_cnn, digits):
     alphas = [float(alpha_of(qmodel, n).numpy()) for n in pact_layers]
     assert alphas != alphas_before  # α trained: measured 6.0 -> 5.871 (dw2), 6.105 (pw2)
 
-    blob = tflite_export.convert(qmodel)
-    report = tflite_export.inspect(blob)
-    assert report.is_integer_only
-    names = [layer.name for layer in kerasq.quantized_layers(qmodel) if layer.weight_quantizer is not None]
-    assert names == ["conv1", "dw2", "pw2", "fc"]
-    quantized = kerasq.quantized_weights(qmodel)
-    for info, name in zip(report.weights, names):
-        np.testing.assert_allclose(info.keras_kernel(), quantized[name], rtol=1e-6, atol=1e-7)
+    blob, report = export_with_exact_weights(qmodel)
+    assert list(kerasq.quantized_weights(qmodel)) == ["conv1", "dw2", "pw2", "fc"]
     for info in report.weights[1:3]:  # dw2, pw2: 4-bit symmetric, INT4 storage
         assert info.tensor.dtype == "int4" and info.tensor.packed
         assert info.bits <= 4

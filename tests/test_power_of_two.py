@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import accuracy
+from conftest import export_with_exact_weights, SEED_W as W, accuracy
 
 import kerasq
 import tflite_export
@@ -21,11 +21,6 @@ from kerasq.power_of_two import (
     round_log2,
 )
 
-# Seed lecture's 4x4 weight matrix (rows = output channels).
-W = np.array(
-    [[2.09, -0.98, 1.48, 0.09], [0.05, -0.14, -1.08, 2.12], [-0.91, 1.92, 0.0, -1.03], [1.87, 0.0, 1.53, 1.49]],
-    np.float32,
-)
 # Seed lecture's INQ example (section "Incremental Network Quantization").
 W5 = np.array(
     [
@@ -367,14 +362,8 @@ def test_end_to_end_inq_on_digits(trained_float_cnn, digits):
     assert counts == [[math.floor(f * n) for n in sizes] for f in (0.5, 0.75, 0.875, 1.0)]
     assert not any(frozen_moved)
 
-    blob = tflite_export.convert(qmodel)
-    report = tflite_export.inspect(blob)
-    assert report.is_integer_only
-    names = [layer.name for layer in kerasq.quantized_layers(qmodel) if layer.weight_quantizer is not None]
-    assert names == ["conv1", "dw2", "pw2", "fc"]
-    quantized = kerasq.quantized_weights(qmodel)
-    for info, name in zip(report.weights, names):
-        np.testing.assert_allclose(info.keras_kernel(), quantized[name], rtol=1e-6, atol=1e-7)
+    blob, report = export_with_exact_weights(qmodel)
+    assert list(kerasq.quantized_weights(qmodel)) == ["conv1", "dw2", "pw2", "fc"]
     for info in report.weights[1:3]:  # the power-of-two layers: INT8 codes, <= 15 values
         assert info.tensor.dtype == "int8"
         assert info.bits <= 4 and info.tensor.distinct_values <= 15

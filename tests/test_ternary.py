@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_int8_storage_parity, accuracy, fit_qat
+from conftest import export_with_exact_weights, SEED_W as W, assert_int8_storage_parity, accuracy, fit_qat
 
 import kerasq
 import tflite_export
@@ -20,11 +20,6 @@ from kerasq.ternary import (
     twn_quantize,
 )
 
-# Seed lecture's 4x4 weight matrix (rows = output channels); as a Dense kernel it is W.T.
-W = np.array(
-    [[2.09, -0.98, 1.48, 0.09], [0.05, -0.14, -1.08, 2.12], [-0.91, 1.92, 0.0, -1.03], [1.87, 0.0, 1.53, 1.49]],
-    np.float32,
-)
 # The lecture's ternary weights for Δ = 0.73 (it labels the table W^T; it is in W's orientation).
 W_TERNARY = np.array([[1, -1, 1, 0], [0, 0, -1, 1], [-1, 1, 0, -1], [1, 0, 1, 1]], np.float32)
 
@@ -58,8 +53,8 @@ def test_seed_twn_values(method):
         assert grid.bits == 2 and grid.scale.item() == 1.5
     else:
         layer = qmodel.get_layer("fc")
-        assert float(layer._weight_vars["w_p"].numpy()) == pytest.approx(1.5)  # initialize(): TWN's r_t
-        assert float(layer._weight_vars["w_n"].numpy()) == pytest.approx(1.5)
+        assert float(layer.weight_quantizer_variables["w_p"].numpy()) == pytest.approx(1.5)  # initialize(): TWN's r_t
+        assert float(layer.weight_quantizer_variables["w_n"].numpy()) == pytest.approx(1.5)
         np.testing.assert_array_equal(grid.codes.T, 7 * W_TERNARY.astype(np.int32))  # s = 1.5/7
         assert grid.bits == 4
 
@@ -157,14 +152,14 @@ def test_ttq_scales_train_and_export_exactly():
     kernel = rng.standard_normal((16, 4)).astype(np.float32)  # every channel has w > Δ and w < -Δ
     qmodel = kerasq.quantize_model(dense_model(kernel), "int8", layer_schemes={"fc": Ternary("ttq", per_channel=True)})
     layer = qmodel.get_layer("fc")
-    w_p0, w_n0 = layer._weight_vars["w_p"].numpy(), layer._weight_vars["w_n"].numpy()
+    w_p0, w_n0 = layer.weight_quantizer_variables["w_p"].numpy(), layer.weight_quantizer_variables["w_n"].numpy()
     _, r_t = twn_grid(kernel, 0.7, (-1,))
     np.testing.assert_allclose(w_p0, r_t.numpy(), rtol=1e-6)  # one scale per output channel
     x = rng.standard_normal((128, 16)).astype(np.float32)
     y = x @ (kernel * rng.uniform(0.5, 2.0, (1, 4)).astype(np.float32))  # asymmetric targets
     qmodel.compile(keras.optimizers.Adam(1e-2), "mse")
     qmodel.fit(x, y, epochs=5, batch_size=32, verbose=0)
-    w_p, w_n = layer._weight_vars["w_p"].numpy(), layer._weight_vars["w_n"].numpy()
+    w_p, w_n = layer.weight_quantizer_variables["w_p"].numpy(), layer.weight_quantizer_variables["w_n"].numpy()
     assert np.all(np.abs(w_p - w_p0) > 1e-3) and np.all(np.abs(w_n - w_n0) > 1e-3)
     assert not np.allclose(w_p, w_n, atol=1e-3)
     blob = tflite_export.convert(qmodel)
@@ -202,7 +197,7 @@ def test_save_and_load_ttq(tmp_path):
     layer = restored.get_layer("fc")
     assert layer.weight_quantizer == TernaryWeightQuantizer("ttq", 0.5, (-1,))
     for key in ("w_p", "w_n"):
-        np.testing.assert_array_equal(layer._weight_vars[key].numpy(), qmodel.get_layer("fc")._weight_vars[key].numpy())
+        np.testing.assert_array_equal(layer.weight_quantizer_variables[key].numpy(), qmodel.get_layer("fc").weight_quantizer_variables[key].numpy())
 
 
 def test_validation_errors():
@@ -222,16 +217,10 @@ def test_end_to_end_on_digits(trained_float_cnn, digits, method):
     qmodel = kerasq.quantize_model(trained_float_cnn, Ternary(method))  # conv1 and fc stay int8
     fit_qat(qmodel, digits, epochs=3, lr=1e-3)
     if method == "ttq":
-        scales = {name: qmodel.get_layer(name)._weight_vars for name in ("dw2", "pw2")}
+        scales = {name: qmodel.get_layer(name).weight_quantizer_variables for name in ("dw2", "pw2")}
         assert all(float(v["w_p"].numpy()) != float(v["w_n"].numpy()) for v in scales.values())
-    blob = tflite_export.convert(qmodel)
-    report = tflite_export.inspect(blob)
-    assert report.is_integer_only
-    names = [layer.name for layer in kerasq.quantized_layers(qmodel) if layer.weight_quantizer is not None]
-    assert names == ["conv1", "dw2", "pw2", "fc"]
-    quantized = kerasq.quantized_weights(qmodel)
-    for info, name in zip(report.weights, names):
-        np.testing.assert_allclose(info.keras_kernel(), quantized[name], rtol=1e-6, atol=1e-7)
+    blob, report = export_with_exact_weights(qmodel)
+    assert list(kerasq.quantized_weights(qmodel)) == ["conv1", "dw2", "pw2", "fc"]
     for info in report.weights[1:3]:  # the ternary layers: INT4, three values
         assert info.tensor.dtype == "int4" and info.tensor.packed
         assert info.bits <= 2 and info.tensor.distinct_values == 3

@@ -422,7 +422,7 @@ def _sign_input_params(wrapper: QuantizedLayer) -> AffineParams | None:
         )
     if not isinstance(wrapper.activation_quantizer, SignActivationQuantizer):
         return None
-    return wrapper.activation_quantizer.input_params(wrapper._activation_vars)
+    return wrapper.activation_quantizer.input_params(wrapper.activation_quantizer_variables)
 
 
 def _sign_activation(
@@ -439,7 +439,7 @@ def _sign_activation(
     (``_sign_decision``); for other layers (mean, add) ``t`` is the zero point of ``x̂``'s
     int8 grid, plus one after a ReLU.
     """
-    quantizer, variables = wrapper.activation_quantizer, wrapper._activation_vars
+    quantizer, variables = wrapper.activation_quantizer, wrapper.activation_quantizer_variables
     params = quantizer.affine_params(variables)
     if isinstance(wrapper.layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
         threshold = _sign_decision(w, wrapper, x_params)
@@ -472,7 +472,7 @@ def _sign_decision(w: _Writer, wrapper: QuantizedLayer, x_params: AffineParams) 
     output (no fused activation, scale ``min s_b`` so every multiplier is ``>= 1``, zero point
     0) is then ``>= 0`` exactly when ``Σ >= A_c``. Returns the threshold code, 0.
     """
-    quantizer, variables = wrapper.activation_quantizer, wrapper._activation_vars
+    quantizer, variables = wrapper.activation_quantizer, wrapper.activation_quantizer_variables
     pre = quantizer.input_params(variables)
     theta = (quantizer.threshold_code(variables) - pre.zero_point - 0.5) * pre.scale
     lowest = (pre.code_min - pre.zero_point) * pre.scale
