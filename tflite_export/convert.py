@@ -5,13 +5,15 @@ one builtin int8 op per layer, taking every scale and zero point from the quanti
 trained with, so nothing is rounded twice:
 
 - weights: the quantizer's own integer codes and per-channel scales (``WeightGrid``); grids of
-  at most 4 bits are packed as INT4, others stored as INT8. Codes are widened by a power of two
-  ``k`` (codes·k, scale/k) to use the storage range, which keeps ``codes·scale`` bit-identical and
-  makes the int32 bias finer.
-- biases: int32 with scale ``s_in·s_w[c]`` per output channel (TFLite's requirement).
+  at most 4 bits are packed as INT4 (``pack_int4=True``), others stored as INT8. Codes are
+  widened by a power of two ``k`` (codes·k, scale/k) to use the storage range, which keeps
+  ``codes·scale`` bit-identical and shrinks the requantization multiplier and bias step by k.
+- biases: int32 with scale ``s_in·s_w[c]`` per output channel (TFLite's requirement); the Keras
+  model's bias is snapped onto that grid so both add the same value.
 - activations: the nudged FakeQuant grid of each activation quantizer. A k-bit grid (k < 8)
-  lives in ``2^k`` consecutive int8 codes; a MINIMUM op clamps the top of the range so the
-  tensor holds exactly the values the Keras model computes.
+  lives in ``2^k`` consecutive int8 codes, clamped by MINIMUM and re-expressed for consumers on
+  a finer int8 grid by an exact QUANTIZE; binary activations are CAST → GREATER_EQUAL →
+  SELECT_V2 with the sign decision folded into the bias.
 
 Supported layers: Conv2D, DepthwiseConv2D, Dense (2-D input), MaxPooling2D,
 GlobalAveragePooling2D, Add (two inputs), Concatenate, Flatten, Reshape, Dropout (identity),
