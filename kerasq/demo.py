@@ -15,7 +15,6 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-import numpy as np
 
 import kerasq
 import tflite_export

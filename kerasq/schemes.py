@@ -144,9 +144,17 @@ def available_schemes() -> list[str]:
     return sorted(set(PRESETS) | set(registered("scheme")))
 
 
-from kerasq.pact import PACT  # noqa: E402,F401
-from kerasq.power_of_two import PowerOfTwo  # noqa: E402,F401
-from kerasq.kmeans import KMeans  # noqa: E402,F401
-from kerasq.binary import Binary  # noqa: E402,F401
-from kerasq.ternary import Ternary  # noqa: E402,F401
-from kerasq.dorefa import DoReFa  # noqa: E402,F401
+
+# The method families, each in the module named after it; importing them here registers their
+# schemes and presets and makes ``kerasq.schemes.PACT`` etc. resolve.
+from kerasq.binary import Binary  # noqa: E402
+from kerasq.dorefa import DoReFa  # noqa: E402
+from kerasq.kmeans import KMeans  # noqa: E402
+from kerasq.pact import PACT  # noqa: E402
+from kerasq.power_of_two import PowerOfTwo  # noqa: E402
+from kerasq.ternary import Ternary  # noqa: E402
+
+__all__ = [
+    "Binary", "DoReFa", "KMeans", "Linear", "PACT", "PowerOfTwo", "Scheme", "Ternary",
+    "available_schemes", "get_scheme",
+]

@@ -92,21 +92,13 @@ def _fail(problem: str, source: str) -> InvalidModelError:
     return InvalidModelError(f"not a TFLite flatbuffer: {problem} in {source}")
 
 
-def load(model: ModelSource) -> tuple[schema.ModelT, bytes]:
-    """Parses a TFLite flatbuffer into the schema's mutable object API.
+def read_bytes(model: ModelSource) -> tuple[bytes, str]:
+    """The bytes of a model given as bytes-like or a path, with the flatbuffer header checked.
 
-    Args:
-        model: the serialized model (bytes, bytearray or memoryview) or a path to a
-            `.tflite` file.
-
-    Returns:
-        `(model_t, buf)`: the parsed `schema.ModelT` and the raw bytes it was parsed from.
-        Buffer data in `model_t` are numpy views into `buf`.
-
-    Raises:
-        FileNotFoundError: `model` is a path that does not exist.
-        InvalidModelError: the input is empty, shorter than 8 bytes, lacks the `TFL3` file
-            identifier at bytes 4..8, fails to parse, or has no subgraph.
+    Returns ``(buf, source)`` where ``source`` names the input in messages (a path or
+    ``"<bytes>"``). Raises FileNotFoundError for a missing path and InvalidModelError when the
+    input is empty, shorter than 8 bytes, lacks the ``TFL3`` identifier at bytes 4..8, or its
+    root offset points past the end.
     """
     if isinstance(model, (bytes, bytearray, memoryview)):
         buf = bytes(model)
@@ -140,6 +132,26 @@ def load(model: ModelSource) -> tuple[schema.ModelT, bytes]:
             "(truncated file?)",
             source,
         )
+    return buf, source
+
+
+def load(model: ModelSource) -> tuple[schema.ModelT, bytes]:
+    """Parses a TFLite flatbuffer into the schema's mutable object API.
+
+    Args:
+        model: the serialized model (bytes, bytearray or memoryview) or a path to a
+            `.tflite` file.
+
+    Returns:
+        `(model_t, buf)`: the parsed `schema.ModelT` and the raw bytes it was parsed from.
+        Buffer data in `model_t` are numpy views into `buf`.
+
+    Raises:
+        FileNotFoundError: `model` is a path that does not exist.
+        InvalidModelError: the input is empty, shorter than 8 bytes, lacks the `TFL3` file
+            identifier at bytes 4..8, fails to parse, or has no subgraph.
+    """
+    buf, source = read_bytes(model)
     try:
         model_t = schema.ModelT.InitFromPackedBuf(buf, 0)
     except Exception as e:  # the generated reader raises whatever a bad offset triggers

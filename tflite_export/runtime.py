@@ -17,12 +17,13 @@ Public API:
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+from tflite_export.flatbuffer import ModelSource, read_bytes
 
 __all__ = [
     "LatencyStats",
@@ -35,8 +36,6 @@ __all__ = [
     "run",
 ]
 
-ModelSource = Union[bytes, bytearray, memoryview, str, os.PathLike]
-
 # Integer types a float input can be quantized to (FakeQuant supports 2..16 bits).
 _QUANTIZED_DTYPES = (np.int8, np.uint8, np.int16)
 
@@ -48,35 +47,7 @@ _QUANTIZED_DTYPES = (np.int8, np.uint8, np.int16)
 
 def _load_model_bytes(model_bytes_or_path: ModelSource) -> bytes:
     """Returns the flatbuffer bytes of a model given as bytes-like or as a path."""
-    if isinstance(model_bytes_or_path, (bytes, bytearray, memoryview)):
-        content = bytes(model_bytes_or_path)
-        if not content:
-            raise ValueError(
-                "The TFLite model is empty (0 bytes). Pass the bytes returned by the converter "
-                "or the path of a .tflite file."
-            )
-        source = "the model bytes"
-    elif isinstance(model_bytes_or_path, (str, os.PathLike)):
-        path = os.fspath(model_bytes_or_path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"TFLite model file not found: {path!r}")
-        with open(path, "rb") as f:
-            content = f.read()
-        if not content:
-            raise ValueError(f"The TFLite model file {path!r} is empty (0 bytes).")
-        source = repr(path)
-    else:
-        raise TypeError(
-            "model_bytes_or_path must be bytes or a path (str / os.PathLike). "
-            f"Received: type={type(model_bytes_or_path).__name__}"
-        )
-    # A TFLite flatbuffer starts with a 4-byte root offset followed by the identifier "TFL3".
-    if len(content) < 8 or content[4:8] != b"TFL3":
-        raise ValueError(
-            f"{source} is not a TFLite flatbuffer: bytes 4..8 are {content[4:8]!r}, "
-            "expected b'TFL3'."
-        )
-    return content
+    return read_bytes(model_bytes_or_path)[0]
 
 
 def make_interpreter(
