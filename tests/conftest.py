@@ -79,3 +79,17 @@ def export_with_exact_weights(qmodel, **convert_kwargs):
     for info, (name, kernel) in zip(report.weights, quantized.items()):
         np.testing.assert_allclose(info.keras_kernel(), kernel, rtol=1e-6, atol=1e-7, err_msg=name)
     return blob, report
+
+
+def reload_identical(qmodel, x, path):
+    """Save ``qmodel`` to ``path``, load it in ``kerasq.quantize_scope()``, assert equal predictions.
+
+    Returns the restored model for further checks of its quantizers' state.
+    """
+    import kerasq
+
+    qmodel.save(path)
+    with kerasq.quantize_scope():
+        restored = keras.models.load_model(path)
+    np.testing.assert_array_equal(restored.predict(x, verbose=0), qmodel.predict(x, verbose=0))
+    return restored

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
-from conftest import export_with_exact_weights, SEED_W as W, assert_int8_storage_parity, accuracy, fit_qat
+from conftest import reload_identical, export_with_exact_weights, SEED_W as W, assert_int8_storage_parity, accuracy, fit_qat
 
 import kerasq
 import tflite_export
@@ -351,11 +351,7 @@ def test_save_and_load(tmp_path, scheme):
     x = rng.standard_normal((32, 6)).astype(np.float32)
     qmodel.compile(keras.optimizers.Adam(1e-2), "mse")
     qmodel.fit(x, rng.standard_normal((32, 3)).astype(np.float32), epochs=2, verbose=0)
-    path = str(tmp_path / "binary.keras")
-    qmodel.save(path)
-    with kerasq.quantize_scope():
-        restored = keras.models.load_model(path)
-    np.testing.assert_array_equal(restored.predict(x, verbose=0), qmodel.predict(x, verbose=0))
+    restored = reload_identical(qmodel, x, str(tmp_path / "binary.keras"))
     layer = restored.get_layer("h")
     assert layer.weight_quantizer == qmodel.get_layer("h").weight_quantizer
     assert layer.activation_quantizer == SignActivationQuantizer(scheme.method, after_relu=True)

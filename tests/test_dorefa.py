@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
-from conftest import export_with_exact_weights, assert_int8_storage_parity, accuracy, fit_qat
+from conftest import reload_identical, export_with_exact_weights, assert_int8_storage_parity, accuracy, fit_qat
 
 import kerasq
 import tflite_export
@@ -300,11 +300,7 @@ def test_serialization_round_trip(tmp_path):
     qmodel = one_layer(DoReFa(3, 5, gradient_bits=8, per_channel=True), activation="relu")
     x = np.random.default_rng(2).normal(size=(16, 4)).astype(np.float32)
     kerasq.calibrate(qmodel, x)
-    path = str(tmp_path / "dorefa.keras")
-    qmodel.save(path)
-    with kerasq.quantize_scope():
-        restored = keras.models.load_model(path)
-    np.testing.assert_array_equal(restored.predict(x, verbose=0), qmodel.predict(x, verbose=0))
+    restored = reload_identical(qmodel, x, str(tmp_path / "dorefa.keras"))
     layer = restored.get_layer("fc")
     assert layer.weight_quantizer == DoReFaWeightQuantizer(3, (-1,))
     assert layer.activation_quantizer == DoReFaActivationQuantizer(5, 8)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SEED_W as W, accuracy, fit_qat
+from conftest import reload_identical, SEED_W as W, accuracy, fit_qat
 from sklearn.cluster import KMeans as SKLearnKMeans
 
 import kerasq
@@ -156,11 +156,7 @@ def test_serialization_round_trip(tmp_path):
     qmodel = seed_qmodel(3)
     x = np.random.default_rng(4).standard_normal((16, 4)).astype(np.float32)
     kerasq.calibrate(qmodel, x)
-    path = str(tmp_path / "kmeans.keras")
-    qmodel.save(path)
-    with kerasq.quantize_scope():
-        restored = keras.models.load_model(path)
-    np.testing.assert_array_equal(restored.predict(x, verbose=0), qmodel.predict(x, verbose=0))
+    restored = reload_identical(qmodel, x, str(tmp_path / "kmeans.keras"))
     layer = restored.get_layer("fc")
     assert layer.weight_quantizer == KMeansQuantizer(3)
     for name in ("codebook", "assignments"):

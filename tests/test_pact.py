@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
-from conftest import export_with_exact_weights, assert_int8_storage_parity, accuracy, fit_qat
+from conftest import reload_identical, export_with_exact_weights, assert_int8_storage_parity, accuracy, fit_qat
 
 import kerasq
 import tflite_export
@@ -260,11 +260,7 @@ def test_serialization_round_trip(tmp_path):
     alpha_of(qmodel).assign(1.25)  # non-default state
     x = np.random.default_rng(2).normal(size=(16, 4)).astype(np.float32)
     kerasq.calibrate(qmodel, x)
-    path = str(tmp_path / "pact.keras")
-    qmodel.save(path)
-    with kerasq.quantize_scope():
-        restored = keras.models.load_model(path)
-    np.testing.assert_array_equal(restored.predict(x, verbose=0), qmodel.predict(x, verbose=0))
+    restored = reload_identical(qmodel, x, str(tmp_path / "pact.keras"))
     assert restored.get_layer("fc").activation_quantizer == PACTQuantizer(5, 4.0, 1e-4, None)
     assert float(alpha_of(restored).numpy()) == 1.25
     assert float(restored.losses[0]) == pytest.approx(1e-4 * 1.25**2, rel=1e-6)

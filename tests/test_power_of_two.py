@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import export_with_exact_weights, SEED_W as W, accuracy
+from conftest import reload_identical, export_with_exact_weights, SEED_W as W, accuracy
 
 import kerasq
 import tflite_export
@@ -324,11 +324,7 @@ def test_serialization_round_trip(tmp_path):
     _inq_on(qmodel, INQ()).on_epoch_begin(0)  # non-default state: half the mask, freeze on
     x = np.random.default_rng(4).standard_normal((16, 5)).astype(np.float32)
     kerasq.calibrate(qmodel, x)
-    path = str(tmp_path / "po2.keras")
-    qmodel.save(path)
-    with kerasq.quantize_scope():
-        restored = keras.models.load_model(path)
-    np.testing.assert_array_equal(restored.predict(x, verbose=0), qmodel.predict(x, verbose=0))
+    restored = reload_identical(qmodel, x, str(tmp_path / "po2.keras"))
     layer = restored.get_layer("fc")
     assert layer.weight_quantizer == PowerOfTwoQuantizer(3, (-1,))
     original_mask = qmodel.get_layer("fc").weight_quantizer_variables["mask"].numpy()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import export_with_exact_weights, SEED_W as W, assert_int8_storage_parity, accuracy, fit_qat
+from conftest import reload_identical, export_with_exact_weights, SEED_W as W, assert_int8_storage_parity, accuracy, fit_qat
 
 import kerasq
 import tflite_export
@@ -189,11 +189,7 @@ def test_save_and_load_ttq(tmp_path):
     x = rng.standard_normal((32, 6)).astype(np.float32)
     qmodel.compile(keras.optimizers.Adam(1e-2), "mse")
     qmodel.fit(x, x[:, :4], epochs=2, verbose=0)  # trained, non-initial w_p/w_n
-    path = str(tmp_path / "ttq.keras")
-    qmodel.save(path)
-    with kerasq.quantize_scope():
-        restored = keras.models.load_model(path)
-    np.testing.assert_array_equal(restored.predict(x, verbose=0), qmodel.predict(x, verbose=0))
+    restored = reload_identical(qmodel, x, str(tmp_path / "ttq.keras"))
     layer = restored.get_layer("fc")
     assert layer.weight_quantizer == TernaryWeightQuantizer("ttq", 0.5, (-1,))
     for key in ("w_p", "w_n"):
