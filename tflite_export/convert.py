@@ -33,6 +33,7 @@ from kerasq.compat import keras
 from kerasq.graph import LayerGraph
 from kerasq.layers import QuantizedLayer, QuantizeInput
 from kerasq.ops import AffineParams
+from kerasq.schemes import WEIGHT_LAYERS
 from tflite_export.flatbuffer import pack_int4, serialize
 from tflite_export.inspect import inspect
 
@@ -293,8 +294,9 @@ class _GraphExporter:
         sign_input = _sign_input_params(wrapper)  # binary activations: the op writes the x̂ the sign reads
         out = self.w.activation(wrapper.name, shape, sign_input or out_params)
 
-        if isinstance(inner, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
-            self._weight_op(wrapper, sources[0], out, fused)
+        weight_scales = None
+        if isinstance(inner, WEIGHT_LAYERS):
+            weight_scales = self._weight_op(wrapper, sources[0], out, fused)
         elif isinstance(inner, keras.layers.GlobalAveragePooling2D):
             axes = self.w.constant_int32(f"{wrapper.name}/axes", [1, 2])
             options = schema.ReducerOptionsT()
@@ -315,7 +317,8 @@ class _GraphExporter:
             raise ExportError(f"Layer {wrapper.name!r} ({type(inner).__name__}) has no integer TFLite export rule.")
 
         if sign_input is not None:
-            self.produced[wrapper.name] = (_sign_activation(self.w, wrapper, out, shape, sources[0][1]), out_params)
+            sign = _sign_activation(self.w, wrapper, out, shape, sources[0][1], weight_scales)
+            self.produced[wrapper.name] = (sign, out_params)
             return
         if not spec.fusable:
             act_params = wrapper.activation_params()
@@ -329,7 +332,8 @@ class _GraphExporter:
             out, out_params = act_out, act_params
         self.produced[wrapper.name] = self._output(wrapper, out, out_params, shape)
 
-    def _weight_op(self, wrapper: QuantizedLayer, source: tuple[int, AffineParams], out: int, fused: int) -> None:
+    def _weight_op(self, wrapper: QuantizedLayer, source: tuple[int, AffineParams], out: int, fused: int) -> np.ndarray:
+        """Write the CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED op; returns the stored per-channel weight scales."""
         inner = wrapper.layer
         x_index, x_params = source
         grid = wrapper.weight_grid()
@@ -393,6 +397,7 @@ class _GraphExporter:
             options = schema.FullyConnectedOptionsT()
             options.fusedActivationFunction = fused
             self.w.op(_OP.FULLY_CONNECTED, [x_index, w_index, b_index], [out], schema.BuiltinOptions.FullyConnectedOptions, options)
+        return scales
 
     def _max_pool(self, layer, inbound: str) -> None:
         index, params = self._source(inbound, layer)
@@ -428,7 +433,12 @@ def _sign_input_params(wrapper: QuantizedLayer) -> AffineParams | None:
 
 
 def _sign_activation(
-    w: _Writer, wrapper: QuantizedLayer, x_index: int, shape: list[int], x_params: AffineParams
+    w: _Writer,
+    wrapper: QuantizedLayer,
+    x_index: int,
+    shape: list[int],
+    x_params: AffineParams,
+    weight_scales: np.ndarray | None,
 ) -> int:
     """Binary activation ``β·sign(x̂)`` as integer ops; returns the int8 output tensor.
 
@@ -443,8 +453,8 @@ def _sign_activation(
     """
     quantizer, variables = wrapper.activation_quantizer, wrapper.activation_quantizer_variables
     params = quantizer.affine_params(variables)
-    if isinstance(wrapper.layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
-        threshold = _sign_decision(w, wrapper, x_params)
+    if weight_scales is not None:
+        threshold = _sign_decision(w, wrapper, x_params, weight_scales)
     else:
         threshold = quantizer.threshold_code(variables)
     codes = w.tensor(f"{wrapper.name}/codes", [1, *shape], schema.TensorType.INT32, dynamic_batch=True)
@@ -463,7 +473,7 @@ def _sign_activation(
     return out
 
 
-def _sign_decision(w: _Writer, wrapper: QuantizedLayer, x_params: AffineParams) -> int:
+def _sign_decision(w: _Writer, wrapper: QuantizedLayer, x_params: AffineParams, weight_scales: np.ndarray) -> int:
     """Rewrite the weight op just written: its int8 output is ``>= 0`` exactly where Keras' sign is ``+1``.
 
     Keras: ``+1`` iff ``x̂ = FakeQuant(act(y)) >= 0`` (``> 0`` after a ReLU), i.e. iff
@@ -472,18 +482,16 @@ def _sign_decision(w: _Writer, wrapper: QuantizedLayer, x_params: AffineParams) 
     that is ``Σ >= A_c = ceil((θ - b_c)/s_b[c])``. Writing the int32 bias as ``-A_c`` puts the
     decision at accumulator 0, independent of how the float bias would round to ``s_b``; the
     output (no fused activation, scale ``min s_b`` so every multiplier is ``>= 1``, zero point
-    0) is then ``>= 0`` exactly when ``Σ >= A_c``. Returns the threshold code, 0.
+    0) is then ``>= 0`` exactly when ``Σ >= A_c``. ``weight_scales`` are the per-channel scales
+    the op's weights were stored with. Returns the threshold code, 0.
     """
     quantizer, variables = wrapper.activation_quantizer, wrapper.activation_quantizer_variables
     pre = quantizer.input_params(variables)
     theta = (quantizer.threshold_code(variables) - pre.zero_point - 0.5) * pre.scale
     lowest = (pre.code_min - pre.zero_point) * pre.scale
-    grid = wrapper.weight_grid()
-    _, _, k = _storage(grid.codes, grid.bits, wrapper.name, w.pack_int4)
     op = w.operators[-1]
     bias_tensor, out_tensor = w.tensors[int(op.inputs[2])], w.tensors[int(op.outputs[0])]
     channels = int(bias_tensor.shape[0])
-    weight_scales = _channel_scales(grid.scale.astype(np.float32) / np.float32(k), channels)
     bias_scales = np.float64(np.float32(x_params.scale)) * weight_scales.astype(np.float64)  # exact s_in·s_w
     bias = wrapper.layer.bias.numpy().astype(np.float64) if wrapper.layer.use_bias else np.zeros(channels)
     if theta < lowest:  # the clamped x̂ is never negative: always +1
