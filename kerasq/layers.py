@@ -3,7 +3,18 @@
 ``QuantizedLayer`` runs the wrapped layer with its kernel replaced by ``Q(kernel)``, then the
 activation, with fake quantization where the integer model rounds:
 
-    y = A_q( act( P_q( layer(x; Q(W)) ) ) )
+    y = A_q( act( P_q( z + sign(z)·r ) ) ),   z = layer(x; Q(W)·f)
+
+``r`` (``rounding_offset``, per output channel, zero unless the exporter sets it) reproduces
+a runtime's rounding: TFLite's built-in kernels requantize with two roundings, and for
+non-negative values ``round(round(v·2^k)/2^k)`` equals ``floor(v + 1/2 + 2^-(k+1))``: one
+rounding of ``v`` shifted by ``2^-(k+1)`` output steps. Adding ``sign(y)·r`` before the output
+quantizer makes Keras round where the integer model does.
+
+``f`` is an optional trainable per-output-channel scale: the ``γ/σ`` of a BatchNormalization
+folded into the layer. Keeping it outside ``Q`` lets a per-tensor scheme (BWN, TWN, DoReFa)
+quantize the layer's own weights as its paper does, with batch norm after the convolution,
+while the integer model still has a single op: ``f`` multiplies the per-channel weight scales.
 
 ``P_q`` (pre-activation) exists only for activations TFLite runs as a separate op (softmax,
 sigmoid, tanh); for the fusable ones (linear, ReLU, ReLU with a cap) ``A_q`` alone rounds the
@@ -127,6 +138,9 @@ class QuantizedLayer(keras.layers.Wrapper):
       activation: an ``ActivationSpec`` (or its config / a Keras activation).
       activation_quantizer: rounds the output after the activation.
       pre_activation_quantizer: rounds the input of a non-fusable activation (softmax' logits).
+      channel_scale: give the layer a trainable per-output-channel factor ``f`` (initial 1) that
+        multiplies the quantized kernel; ``quantize_model`` sets it to a folded BatchNormalization's
+        ``γ/σ``. Exported as part of the per-channel weight scales.
     The wrapper takes the wrapped layer's name unless ``name`` is given, so
     ``qmodel.get_layer("conv1")`` finds the quantized ``conv1``.
     """
@@ -138,6 +152,7 @@ class QuantizedLayer(keras.layers.Wrapper):
         activation: ActivationSpec | dict | str | None = None,
         activation_quantizer: ActivationQuantizer | dict | None = None,
         pre_activation_quantizer: ActivationQuantizer | dict | None = None,
+        channel_scale: bool = False,
         **kwargs,
     ):
         kwargs.setdefault("name", layer.name)
@@ -161,6 +176,11 @@ class QuantizedLayer(keras.layers.Wrapper):
             )
         if self.weight_quantizer is not None and kernel_attribute(layer) is None:
             raise ValueError(f"Layer {layer.name!r} ({type(layer).__name__}) has no kernel to quantize.")
+        if channel_scale and self.weight_quantizer is None:
+            raise ValueError(f"Layer {layer.name!r}: channel_scale needs a weight quantizer to scale.")
+        self.has_channel_scale = bool(channel_scale)
+        self.channel_scale: tf.Variable | None = None
+        self.rounding_offset: tf.Variable | None = None
         self._weight_vars: dict[str, tf.Variable] = {}
         self._activation_vars: dict[str, tf.Variable] = {}
         self._pre_activation_vars: dict[str, tf.Variable] = {}
@@ -170,7 +190,16 @@ class QuantizedLayer(keras.layers.Wrapper):
             self.layer.build(input_shape)
         if self.weight_quantizer is not None:
             attr = kernel_attribute(self.layer)
-            self._weight_vars = self.weight_quantizer.build(getattr(self.layer, attr).shape, attr, self)
+            kernel_shape = getattr(self.layer, attr).shape
+            self._weight_vars = self.weight_quantizer.build(kernel_shape, attr, self)
+            if self.has_channel_scale:
+                self.channel_scale = self.add_weight(
+                    "channel_scale", shape=self._channel_shape(kernel_shape), initializer="ones", trainable=True
+                )
+            channels = int(np.prod(self._channel_shape(kernel_shape)))
+            self.rounding_offset = self.add_weight(
+                "rounding_offset", shape=(channels,), initializer="zeros", trainable=False
+            )
         output_shape = self.layer.compute_output_shape(input_shape)
         if self.pre_activation_quantizer is not None:
             self._pre_activation_vars = self.pre_activation_quantizer.build(output_shape, "pre_activation", self)
@@ -189,13 +218,14 @@ class QuantizedLayer(keras.layers.Wrapper):
         else:
             attr = kernel_attribute(self.layer)
             kernel = getattr(self.layer, attr)
-            quantized = self.weight_quantizer(kernel, training, weights=self._weight_vars)
+            quantized = self._scaled(self.weight_quantizer(kernel, training, weights=self._weight_vars))
             # Bypass Keras attribute tracking: the swap lasts for this call only.
             object.__setattr__(self.layer, attr, quantized)
             try:
                 outputs = self.layer.call(inputs)
             finally:
                 object.__setattr__(self.layer, attr, kernel)
+            outputs = outputs + tf.sign(outputs) * self.rounding_offset
         if self.pre_activation_quantizer is not None:
             outputs = self.pre_activation_quantizer(outputs, training, weights=self._pre_activation_vars)
         outputs = self.activation(outputs)
@@ -218,19 +248,59 @@ class QuantizedLayer(keras.layers.Wrapper):
         if self.weight_quantizer is not None:
             self.weight_quantizer.initialize(self.kernel, self._weight_vars)
 
+    def initialize_channel_scale(self, factor: np.ndarray) -> None:
+        """Start ``f`` at ``factor · c`` with ``c`` the least-squares gain of ``Q(W)`` onto ``W``.
+
+        ``c[k] = <W_k, Q(W)_k> / <Q(W)_k, Q(W)_k>`` over output channel ``k``, so that ``Q(W)·f``
+        starts as close as the grid allows to ``W·factor`` (the folded float kernel): schemes whose
+        grid does not keep the kernel's scale (DoReFa's [-1, 1], per-tensor BWN across channels
+        of different BN gains) then start from the float model's output scale, as batch norm
+        after the convolution would restore it. ``factor``: ``[channels]`` (``γ/σ``).
+        """
+        if self.channel_scale is None:
+            raise ValueError(f"Layer {self.name!r} was built without channel_scale.")
+        kernel = self.kernel.numpy().astype(np.float64)
+        quantized = np.asarray(self.weight_quantizer(self.kernel, False, weights=self._weight_vars), np.float64)
+        axes = tuple(range(kernel.ndim - len(self.channel_scale.shape)))
+        energy = np.sum(quantized * quantized, axis=axes)
+        gain = np.where(energy > 0, np.sum(kernel * quantized, axis=axes) / np.where(energy > 0, energy, 1.0), 1.0)
+        self.channel_scale.assign((np.reshape(factor, gain.shape) * gain).astype(np.float32))
+
     # --- integer form, read by kerasq.quantized_weights and tflite_export -------------------
     @property
     def kernel(self) -> tf.Variable | None:
         attr = kernel_attribute(self.layer)
         return None if attr is None else getattr(self.layer, attr)
 
+    def _channel_shape(self, kernel_shape) -> tuple[int, ...]:
+        """Shape of ``channel_scale``: ``[out]``, or ``[in, multiplier]`` for a depthwise kernel."""
+        kernel_shape = tuple(int(d) for d in kernel_shape)
+        return kernel_shape[2:] if isinstance(self.layer, keras.layers.DepthwiseConv2D) else kernel_shape[-1:]
+
+    def _scaled(self, quantized: tf.Tensor) -> tf.Tensor:
+        if self.channel_scale is None:
+            return quantized
+        return quantized * self.channel_scale
+
     def quantized_kernel(self) -> np.ndarray:
-        """``Q(kernel)`` as the inference forward pass uses it, float32, Keras kernel layout."""
-        return np.asarray(self.weight_quantizer(self.kernel, False, weights=self._weight_vars))
+        """``Q(kernel)·f`` as the inference forward pass uses it, float32, Keras kernel layout."""
+        return np.asarray(self._scaled(self.weight_quantizer(self.kernel, False, weights=self._weight_vars)))
 
     def weight_grid(self) -> WeightGrid:
-        """Codes and per-channel scale with ``codes * scale == quantized_kernel()``."""
-        return self.weight_quantizer.integer_grid(self.kernel, self._weight_vars)
+        """Codes and scale with ``codes * scale == quantized_kernel()`` (to float32 rounding with ``f``).
+
+        With a channel scale the scale is per channel, ``|s·f|``; a channel with ``f < 0`` has its
+        codes negated (zero point 0 keeps that exact), one with ``f == 0`` has all codes 0.
+        """
+        grid = self.weight_quantizer.integer_grid(self.kernel, self._weight_vars)
+        if self.channel_scale is None:
+            return grid
+        factor = self.channel_scale.numpy().astype(np.float32)
+        scale = (grid.scale.astype(np.float32) * factor).astype(np.float32)
+        sign = np.sign(scale).astype(np.int32)
+        codes = grid.codes * sign
+        scale = np.where(scale == 0, np.broadcast_to(grid.scale, scale.shape), np.abs(scale)).astype(np.float32)
+        return WeightGrid(codes, scale, grid.bits)
 
     def activation_params(self) -> ops.AffineParams:
         return self.activation_quantizer.affine_params(self._activation_vars)
@@ -246,6 +316,7 @@ class QuantizedLayer(keras.layers.Wrapper):
                 "activation": self.activation.to_config(),
                 "activation_quantizer": serialize(self.activation_quantizer),
                 "pre_activation_quantizer": serialize(self.pre_activation_quantizer),
+                "channel_scale": self.has_channel_scale,
             }
         )
         return config

@@ -34,3 +34,30 @@ def demo_cnn(
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax" if softmax else None, name="fc")(x)
     return keras.Model(inputs, outputs, name="demo_cnn")
+
+
+def vgg_cnn(input_shape: tuple[int, int, int] = (28, 28, 1), num_classes: int = 10, width: int = 16) -> keras.Model:
+    """VGG-style 3x3 Conv+BN+ReLU stack: conv1 → pool → conv2 → conv3 → pool → conv4 → GAP → dense (logits).
+
+    The benchmark network: plain convolutions as in the low-bit papers' MNIST/CIFAR models
+    (BinaryConnect, TWN, DoReFa), so the hidden layers conv2..conv4 carry the sub-8-bit schemes
+    while conv1 and fc stay int8 under the first/last policy. ``input_shape`` is
+    ``(height, width, channels)`` (two 2x2 poolings: height and width ≥ 4); ~34k parameters at
+    width 16, ~3.7M multiply-accumulates per 28x28 image.
+    """
+
+    def block(x, filters: int, name: str):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
+        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = block(inputs, width, "conv1")
+    x = keras.layers.MaxPooling2D(2, name="pool1")(x)
+    x = block(x, 2 * width, "conv2")
+    x = block(x, 2 * width, "conv3")
+    x = keras.layers.MaxPooling2D(2, name="pool2")(x)
+    x = block(x, 4 * width, "conv4")
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(num_classes, name="fc")(x)
+    return keras.Model(inputs, outputs, name="vgg_cnn")

@@ -123,29 +123,33 @@ def fake_quant_affine(x: tf.Tensor, min_value: tf.Tensor, max_value: tf.Tensor, 
     return tf.quantization.fake_quant_with_min_max_vars(x, min_value, max_value, num_bits=bits, narrow_range=False)
 
 
-def fold_batch_norm(
-    kernel: np.ndarray,
+def batch_norm_factors(
     bias: np.ndarray | None,
     gamma: np.ndarray | None,
     beta: np.ndarray | None,
     mean: np.ndarray,
     variance: np.ndarray,
     epsilon: float,
-    depthwise: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fold inference-mode batch norm into the preceding layer (Jacob et al. 2018, §3.2).
+    """Inference-mode batch norm as a per-channel affine map ``y -> f·y + b'`` of the layer output.
 
-    ``W' = W · γ/σ`` per output channel, ``b' = (b - μ) · γ/σ + β`` with ``σ = sqrt(var + ε)``.
-    Kernel layouts are Keras': Conv2D ``[h, w, in, out]``, Dense ``[in, out]``, DepthwiseConv2D
-    ``[h, w, in, multiplier]`` where output channel ``i·multiplier + m`` is BN channel.
+    ``f = γ/σ`` and ``b' = (b - μ)·f + β`` with ``σ = sqrt(var + ε)`` (Jacob et al. 2018, §3.2);
+    ``bias`` is the preceding layer's bias (None: zero). Returns ``(f, b')``, each ``[channels]``.
     """
     channels = mean.shape[0]
     gamma = np.ones(channels, np.float32) if gamma is None else gamma
     beta = np.zeros(channels, np.float32) if beta is None else beta
     bias = np.zeros(channels, np.float32) if bias is None else bias
     factor = (gamma / np.sqrt(variance + epsilon)).astype(np.float32)
-    if depthwise:
-        folded = kernel * factor.reshape(kernel.shape[2], kernel.shape[3])
-    else:
-        folded = kernel * factor
-    return folded.astype(np.float32), ((bias - mean) * factor + beta).astype(np.float32)
+    return factor, ((bias - mean) * factor + beta).astype(np.float32)
+
+
+def scale_output_channels(kernel: np.ndarray, factor: np.ndarray, depthwise: bool = False) -> np.ndarray:
+    """``kernel`` with output channel ``c`` multiplied by ``factor[c]``, float32.
+
+    Kernel layouts are Keras': Conv2D ``[h, w, in, out]``, Dense ``[in, out]``, DepthwiseConv2D
+    ``[h, w, in, multiplier]`` whose output channel ``i·multiplier + m`` is ``factor[i·multiplier + m]``.
+    """
+    shape = kernel.shape[2:] if depthwise else kernel.shape[-1:]
+    return (kernel * np.reshape(factor, shape)).astype(np.float32)
+

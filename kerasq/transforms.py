@@ -1,8 +1,8 @@
 """Model transforms: fold, annotate with schemes, wrap, calibrate — ``quantize_model`` and friends.
 
 ``quantize_model`` never touches the caller's model: it reads its graph, clones each layer,
-folds inference-mode BatchNormalization into the preceding Conv2D/DepthwiseConv2D/Dense,
-absorbs standalone activation layers into the layer before them (as an int8 kernel fuses
+folds inference-mode BatchNormalization into the preceding Conv2D/DepthwiseConv2D/Dense
+(as a per-channel scale after the weight quantizer, or into the kernel), absorbs standalone activation layers into the layer before them (as an int8 kernel fuses
 them), resolves each layer's scheme and wraps it in ``QuantizedLayer``.
 """
 
@@ -45,8 +45,16 @@ def _activation_of(layer: keras.layers.Layer) -> ActivationSpec:
     return ActivationSpec.from_keras(getattr(layer, "activation", None) or "linear")
 
 
-def _fold_batch_norms(graph: LayerGraph, weights: dict[str, list[np.ndarray]]) -> None:
-    """Replace Conv/Dense → BatchNormalization pairs by one layer with folded kernel and bias."""
+BN_FOLDING = ("channel_scale", "kernel")
+
+
+def _fold_batch_norms(graph: LayerGraph, weights: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    """Replace Conv/Dense → BatchNormalization pairs by one layer with the folded bias.
+
+    The kernel stays as it was; returns ``{layer name: γ/σ}``, the per-channel factor that
+    ``quantize_model`` applies either to the kernel or after the weight quantizer.
+    """
+    factors = {}
     for node in list(graph.nodes):
         if not isinstance(node.layer, keras.layers.BatchNormalization):
             continue
@@ -69,19 +77,13 @@ def _fold_batch_norms(graph: LayerGraph, weights: dict[str, list[np.ndarray]]) -
         layer = producer.layer
         kernel = weights[layer.name][0]
         bias = weights[layer.name][1] if layer.use_bias else None
-        folded_kernel, folded_bias = ops.fold_batch_norm(
-            kernel,
-            bias,
-            params.get("gamma"),
-            params.get("beta"),
-            params["moving_mean"],
-            params["moving_variance"],
-            bn.epsilon,
-            depthwise=isinstance(layer, keras.layers.DepthwiseConv2D),
+        factors[layer.name], folded_bias = ops.batch_norm_factors(
+            bias, params.get("gamma"), params.get("beta"), params["moving_mean"], params["moving_variance"], bn.epsilon
         )
         producer.layer = _clone(layer, use_bias=True)
-        weights[layer.name] = [folded_kernel, folded_bias]
+        weights[layer.name] = [kernel, folded_bias]
         graph.remove(bn.name)
+    return factors
 
 
 def _absorb_activations(graph: LayerGraph) -> dict[str, ActivationSpec]:
@@ -161,6 +163,7 @@ def quantize_model(
     layer_schemes: Mapping[str, Scheme | str | None] | None = None,
     *,
     first_last_int8: bool | None = None,
+    bn_folding: str = "channel_scale",
 ) -> keras.Model:
     """A quantization-aware copy of a tf_keras Sequential or Functional model.
 
@@ -171,6 +174,12 @@ def quantize_model(
         blocks integer-only export). An entry here always wins over the policy below.
       first_last_int8: keep the first and last Conv/Dense layers at ``Linear()`` int8; defaults
         to on for schemes below 8 bits (seed lecture: these layers are sensitive and cheap).
+      bn_folding: where a BatchNormalization's ``γ/σ`` goes. ``"channel_scale"`` (default): a
+        trainable per-output-channel factor applied after the weight quantizer, so the scheme
+        quantizes the layer's own kernel (per-tensor BWN/TWN/DoReFa keep their meaning, as in
+        their papers where batch norm follows the convolution); the export multiplies it into
+        the per-channel weight scales. ``"kernel"``: multiplied into the kernel before
+        quantization (classic folding; keeps per-tensor schemes per tensor in the .tflite).
     Returns:
       A new, uncompiled Functional model: ``QuantizeInput`` on the input, each supported layer
       wrapped in ``QuantizedLayer`` under its original name, BatchNormalization folded. Compile
@@ -180,6 +189,8 @@ def quantize_model(
       maps it to ``None``; for BatchNormalization or activations that cannot be folded.
     """
     scheme = get_scheme(scheme)
+    if bn_folding not in BN_FOLDING:
+        raise ValueError(f"bn_folding must be one of {BN_FOLDING}. Received: {bn_folding!r}")
     graph = LayerGraph.from_model(model)
     keep_float = {name for name, value in (layer_schemes or {}).items() if value is None}
     for node in graph.nodes:
@@ -190,11 +201,19 @@ def quantize_model(
                 f"(the model then cannot be exported integer-only), pass layer_schemes={{{node.name!r}: None}}."
             )
     weights = {n.name: n.layer.get_weights() for n in graph.nodes}
-    _fold_batch_norms(graph, weights)
+    bn_factors = _fold_batch_norms(graph, weights)
     activations = _absorb_activations(graph)
     for node in graph.nodes:  # fresh layers: the caller's model keeps its own
         node.layer = _clone(node.layer)
     schemes = _resolve_schemes(graph, scheme, layer_schemes, first_last_int8)
+
+    channel_scales = {}
+    for name, factor in bn_factors.items():
+        if bn_folding == "channel_scale" and schemes[name] is not None:
+            channel_scales[name] = factor
+        else:
+            depthwise = isinstance(graph.node(name).layer, keras.layers.DepthwiseConv2D)
+            weights[name][0] = ops.scale_output_channels(weights[name][0], factor, depthwise)
 
     wrapped = []
     for node in graph.nodes:
@@ -210,7 +229,12 @@ def quantize_model(
         else:
             pre, post = node_scheme.activation_quantizer(layer, ActivationSpec()), spec.output_quantizer()
         weight_quantizer = node_scheme.weight_quantizer(layer) if isinstance(layer, WEIGHT_LAYERS) else None
-        wrapped.append(Node(QuantizedLayer(layer, weight_quantizer, spec, post, pre), node.inbound))
+        wrapped.append(
+            Node(
+                QuantizedLayer(layer, weight_quantizer, spec, post, pre, channel_scale=node.name in channel_scales),
+                node.inbound,
+            )
+        )
 
     # One QuantizeInput per model input, named after it.
     input_map = {}
@@ -229,6 +253,8 @@ def quantize_model(
             inner.set_weights(weights[inner.name])
         if isinstance(node.layer, QuantizedLayer):
             node.layer.initialize_quantizers()
+            if node.layer.channel_scale is not None:
+                node.layer.initialize_channel_scale(channel_scales[node.layer.name])
     return qmodel
 
 
@@ -242,7 +268,8 @@ def quantized_weights(model: keras.Model) -> dict[str, np.ndarray]:
 
     Returns ``{layer_name: Q(kernel)}``: float32 values on the layer's grid (dequantized), with
     the float kernel's shape and Keras layout (Conv2D ``[h, w, in, out]``, Dense ``[in, out]``,
-    DepthwiseConv2D ``[h, w, in, multiplier]``), BatchNormalization folded in where it was.
+    DepthwiseConv2D ``[h, w, in, multiplier]``), BatchNormalization folded in where it was
+    (for ``bn_folding="channel_scale"`` the kernel is ``Q(W)·γ/σ``, its grid is then per channel).
     """
     result = {layer.name: layer.quantized_kernel() for layer in quantized_layers(model) if layer.weight_quantizer}
     if not result and not any(isinstance(layer, QuantizeInput) for layer in model.layers):

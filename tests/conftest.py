@@ -42,9 +42,8 @@ def accuracy(model, x, y) -> float:
 def assert_int8_storage_parity(qmodel, x):
     """Export with low-bit grids stored as widened INT8 and assert the ≤ 1 LSB / ≥ 99 % parity bound.
 
-    INT4 packing keeps the requantization multiplier large, so TFLite's double rounding flips
-    a few percent of near-tie codes (see README, "Exactness per scheme"); widened INT8 codes
-    remove that, and the export then computes what the Keras model computes.
+    Call it after checking the default (INT4) export: ``convert`` sets each layer's rounding
+    offset for the storage it writes, so the Keras model follows the last export.
     """
     import tflite_export
 
@@ -52,6 +51,18 @@ def assert_int8_storage_parity(qmodel, x):
     parity = tflite_export.compare(qmodel, blob, x)
     assert parity.max_abs_lsb <= 1, parity
     assert parity.top1_agreement >= 0.99, parity
+    return parity
+
+
+def assert_exact_parity(qmodel, blob, x, min_bit_exact: float = 0.99):
+    """The issue's parity bound on ``blob`` (≤ 1 output LSB, ≥ 99 % top-1), a bit-exact share, then INT8 storage."""
+    import tflite_export
+
+    parity = tflite_export.compare(qmodel, blob, x)
+    assert parity.max_abs_lsb <= 1, parity
+    assert parity.top1_agreement >= 0.99, parity
+    assert parity.bit_exact_fraction >= min_bit_exact, parity
+    assert_int8_storage_parity(qmodel, x)
     return parity
 
 

@@ -23,21 +23,69 @@ def _bn_model(kind: str) -> keras.Model:
     return keras.Model(inputs, keras.layers.ReLU(name="act")(x))
 
 
-@pytest.mark.parametrize("kind", ["conv", "depthwise", "dense"])
-def test_batch_norm_folding_preserves_the_float_function(kind):
+def _bn_model_with_statistics(kind: str) -> tuple[keras.Model, np.ndarray]:
     model = _bn_model(kind)
     rng = np.random.default_rng(0)
     bn = model.get_layer("bn")
     n = bn.moving_mean.shape[0]
     bn.set_weights([rng.uniform(0.5, 2, n), rng.normal(size=n), rng.normal(size=n), rng.uniform(0.5, 2, n)])
-    x = rng.random((16, 6, 6, 3), np.float32)
-    qmodel = kerasq.quantize_model(model, Linear(8, 8))
+    return model, rng.random((16, 6, 6, 3), np.float32)
+
+
+@pytest.mark.parametrize("kind", ["conv", "depthwise", "dense"])
+def test_batch_norm_folding_into_the_kernel_preserves_the_float_function(kind):
+    model, x = _bn_model_with_statistics(kind)
+    qmodel = kerasq.quantize_model(model, Linear(8, 8), bn_folding="kernel")
     layer = qmodel.get_layer("w")
     assert isinstance(layer, QuantizedLayer) and layer.activation.kind == "relu"
+    assert layer.channel_scale is None
     assert [l.name for l in qmodel.layers if isinstance(l, keras.layers.BatchNormalization)] == []
     # The folded float layer (no quantization) reproduces conv -> BN -> ReLU.
     folded = keras.activations.relu(layer.layer(x if kind != "dense" else x.reshape(16, -1)))
     np.testing.assert_allclose(folded.numpy(), model.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["conv", "depthwise", "dense"])
+def test_batch_norm_folding_as_channel_scale(kind):
+    model, x = _bn_model_with_statistics(kind)
+    bn = model.get_layer("bn")
+    factor = bn.gamma.numpy() / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+    qmodel = kerasq.quantize_model(model, Linear(8, 8))
+    layer = qmodel.get_layer("w")
+    # The kernel stays the float layer's own; gamma/sigma sits after the quantizer, times the
+    # least-squares gain of Q(W) onto W, which int8 per-channel keeps within 0.5 %.
+    np.testing.assert_array_equal(layer.kernel.numpy(), model.get_layer("w").get_weights()[0])
+    scale = layer.channel_scale.numpy().reshape(-1)
+    np.testing.assert_allclose(scale, factor, rtol=5e-3)
+    assert not np.array_equal(scale, factor)
+    np.testing.assert_allclose(layer.quantized_kernel(), kerasq.quantized_weights(qmodel)["w"])
+    grid = layer.weight_grid()
+    np.testing.assert_allclose(grid.dequantize(), layer.quantized_kernel(), rtol=2.0**-21, atol=0)
+    # The quantized model computes conv -> BN -> ReLU to within a few output steps.
+    kerasq.calibrate(qmodel, x)
+    step = qmodel.get_layer("w").activation_params().scale
+    assert np.abs(qmodel.predict(x, verbose=0) - model.predict(x, verbose=0)).max() <= 3 * step
+
+
+def test_batch_norm_with_negative_gamma_exports_positive_scales():
+    model, x = _bn_model_with_statistics("conv")
+    bn = model.get_layer("bn")
+    gamma = bn.gamma.numpy()
+    gamma[[0, 2]] *= -1
+    gamma[4] = 0.0
+    bn.gamma.assign(gamma)
+    layer = kerasq.quantize_model(model, Linear(4, 8), first_last_int8=False).get_layer("w")
+    grid = layer.weight_grid()
+    assert np.all(grid.scale > 0)
+    kernel = layer.quantized_kernel()
+    np.testing.assert_allclose(grid.dequantize(), kernel, rtol=2.0**-21, atol=0)
+    assert np.all(kernel[..., 4] == 0) and np.all(grid.codes[..., 4] == 0)
+    assert np.all(grid.codes[..., 0] == -layer.weight_quantizer.integer_grid(layer.kernel, {}).codes[..., 0])
+
+
+def test_bn_folding_must_be_known():
+    with pytest.raises(ValueError, match="bn_folding must be one of"):
+        kerasq.quantize_model(_bn_model("conv"), bn_folding="weights")
 
 
 def test_original_model_is_untouched():

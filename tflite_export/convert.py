@@ -22,6 +22,8 @@ and softmax/sigmoid/tanh activations. Anything else raises ``ValueError`` naming
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Iterable
 
 import numpy as np
@@ -175,6 +177,37 @@ def _storage(codes: np.ndarray, bits: int, layer_name: str, pack_int4: bool) -> 
     return codes * k, dtype, k
 
 
+def requantization_shift(real_multiplier: float) -> int:
+    """The right shift TFLite's ``QuantizeMultiplier`` gives ``real_multiplier``: ``M = M0·2^-shift``.
+
+    ``M0`` is a Q31 significand in ``[2^30, 2^31)``; a multiplier ≥ 0.5 gives shift 0 (a left
+    shift instead, and a single rounding).
+    """
+    if real_multiplier <= 0:
+        return 0
+    significand, exponent = math.frexp(real_multiplier)
+    if round(significand * (1 << 31)) == 1 << 31:
+        exponent += 1
+    return max(-exponent, 0)
+
+
+def double_rounding_offset(input_scale: float, weight_scales: np.ndarray, output_scale: float) -> np.ndarray:
+    """Per-channel shift, in real units, of TFLite's two-step requantization over one rounding.
+
+    TFLite's built-in kernels compute ``RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(
+    acc, M0), k)``: first rounding to ``2^-k`` output steps, then to whole steps. For
+    ``v = acc·M ≥ 0`` that is ``floor(v + 1/2 + 2^-(k+1))`` (mirrored for ``v < 0``), one
+    rounding of ``v + 2^-(k+1)``. Returns ``output_scale·2^-(k+1)`` per channel (0 where
+    ``k == 0``), float32 ``[channels]``; ``M = input_scale·weight_scales[c]/output_scale``.
+    """
+    offsets = []
+    for weight_scale in np.asarray(weight_scales, np.float64).reshape(-1):
+        multiplier = float(np.float32(input_scale)) * float(np.float32(weight_scale)) / float(np.float32(output_scale))
+        shift = requantization_shift(multiplier)
+        offsets.append(0.0 if shift == 0 else output_scale * 2.0 ** -(shift + 1))
+    return np.asarray(offsets, np.float32)
+
+
 def _channel_scales(grid_scale: np.ndarray, channels: int) -> np.ndarray:
     return np.broadcast_to(grid_scale.reshape(-1), (channels,)) if grid_scale.size == 1 else grid_scale.reshape(-1)
 
@@ -296,7 +329,8 @@ class _GraphExporter:
 
         weight_scales = None
         if isinstance(inner, WEIGHT_LAYERS):
-            weight_scales = self._weight_op(wrapper, sources[0], out, fused)
+            # Binary activations read the op's output through a sign, not a rounding: no offset.
+            weight_scales = self._weight_op(wrapper, sources[0], out, fused, None if sign_input else out_params)
         elif isinstance(inner, keras.layers.GlobalAveragePooling2D):
             axes = self.w.constant_int32(f"{wrapper.name}/axes", [1, 2])
             options = schema.ReducerOptionsT()
@@ -332,12 +366,27 @@ class _GraphExporter:
             out, out_params = act_out, act_params
         self.produced[wrapper.name] = self._output(wrapper, out, out_params, shape)
 
-    def _weight_op(self, wrapper: QuantizedLayer, source: tuple[int, AffineParams], out: int, fused: int) -> np.ndarray:
-        """Write the CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED op; returns the stored per-channel weight scales."""
+    def _weight_op(
+        self,
+        wrapper: QuantizedLayer,
+        source: tuple[int, AffineParams],
+        out: int,
+        fused: int,
+        out_params: AffineParams | None,
+    ) -> np.ndarray:
+        """Write the CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED op; returns the stored per-channel weight scales.
+
+        For INT4 weights (run by TFLite's built-in kernels, which requantize with two roundings)
+        it also sets the Keras layer's ``rounding_offset`` to the shift those roundings make, so
+        the Keras model rounds where the integer model does; for INT8 weights the offset is 0
+        (LiteRT's default XNNPACK kernels requantize with one rounding).
+        """
         inner = wrapper.layer
         x_index, x_params = source
         grid = wrapper.weight_grid()
-        if not np.array_equal(grid.dequantize(), wrapper.quantized_kernel()):
+        # Equal up to float32 rounding: a channel scale f makes the forward pass compute
+        # (codes·s)·f while the file stores codes·(s·f), at most a few ulp apart.
+        if not np.allclose(grid.dequantize(), wrapper.quantized_kernel(), rtol=2.0**-20, atol=0.0):
             raise ExportError(
                 f"Layer {wrapper.name!r}: {type(wrapper.weight_quantizer).__name__}.integer_grid does not reproduce "
                 "the kernel the forward pass uses; the quantizer breaks kerasq's export contract."
@@ -364,6 +413,11 @@ class _GraphExporter:
             f"{wrapper.name}/kernel", tfl_codes.shape, dtype, scale=weight_scales,
             zero_point=[0] * len(weight_scales), axis=axis, data=data,
         )
+        offsets = np.zeros(channels, np.float32)
+        if dtype == schema.TensorType.INT4 and out_params is not None:
+            offsets = double_rounding_offset(float(x_params.scale), scales, float(out_params.scale))
+        if not np.array_equal(wrapper.rounding_offset.numpy(), offsets):
+            wrapper.rounding_offset.assign(offsets)
         bias = inner.bias.numpy() if inner.use_bias else np.zeros(channels, np.float32)
         bias_scales = (np.float32(x_params.scale) * scales).astype(np.float32)
         bias_codes = np.clip(np.round(bias.astype(np.float64) / bias_scales.astype(np.float64)), -(2**31), 2**31 - 1)
@@ -553,13 +607,15 @@ def convert(
         model it calibrates the activation ranges before export (e.g. a model that was never fit).
       input_type, output_type: ``"int8"`` (fully integer I/O) or ``"float32"`` (adds a QUANTIZE
         op at the input / DEQUANTIZE at the output; everything between stays integer).
-      pack_int4: store weight grids of at most 4 bits as packed INT4 (half the bytes). With
-        ``False`` they are stored as INT8 codes widened by up to 64x, which makes TFLite's
-        requantization resolve near-ties like the float model: measured on digits, ternary and
-        binary layers drop from ~5% to ~0.3% mismatched codes and end-to-end parity from 3 LSB to
-        1 (see README, "Exactness per scheme").
+      pack_int4: store weight grids of at most 4 bits as packed INT4 (half the bytes); with
+        ``False`` as INT8 codes widened by up to 64x.
     Returns: the flatbuffer bytes. Conv2D, DepthwiseConv2D and FullyConnected weights carry one
-      scale per output channel when the scheme is per-channel.
+      scale per output channel when the scheme is per-channel (or has a batch-norm channel scale).
+
+    Exporting also updates ``model`` so that it computes what the file computes: each bias is
+    snapped onto TFLite's int32 grid ``s_in·s_w[c]`` (at most half a step), and each INT4 layer's
+    ``rounding_offset`` is set to the shift of TFLite's two-step requantization (zero for INT8
+    layers; see ``double_rounding_offset``). The Keras model follows the last file exported.
     Raises:
       ExportError (a ValueError) naming the layer that cannot be exported, or the ops that touch
       float tensors if the result is not integer-only; ValueError for empty or NaN data.
