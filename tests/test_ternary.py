@@ -211,7 +211,7 @@ def test_end_to_end_on_digits(trained_float_cnn, digits, method):
     (_, _), (x_test, y_test) = digits
     keras.utils.set_random_seed(0)
     qmodel = kerasq.quantize_model(trained_float_cnn, Ternary(method))  # conv1 and fc stay int8
-    fit_qat(qmodel, digits, epochs=3, lr=5e-4)
+    fit_qat(qmodel, digits, epochs=5, lr=5e-4)
     if method == "ttq":
         scales = {name: qmodel.get_layer(name).weight_quantizer_variables for name in ("dw2", "pw2")}
         assert all(float(v["w_p"].numpy()) != float(v["w_n"].numpy()) for v in scales.values())
@@ -227,5 +227,6 @@ def test_end_to_end_on_digits(trained_float_cnn, digits, method):
     assert_exact_parity(qmodel, blob, x_test)
     float_acc = accuracy(trained_float_cnn, x_test, y_test)
     tflite_acc = tflite_export.evaluate(blob, x_test, y_test)
-    # Measured: float 0.9556; TWN QAT 0.8978, TFLite 0.8933; TTQ QAT 0.9178, TFLite 0.9178.
+    # Measured: float 0.9556; TWN QAT and TFLite 0.9289; TTQ 0.9178 (3 epochs at 1e-3 varied
+    # 0.77-0.94 with the seed).
     assert tflite_acc >= float_acc - 0.10
