@@ -323,6 +323,6 @@ def test_end_to_end_pact_w4a4_on_digits(trained_float_cnn, digits):
     float_acc = accuracy(trained_float_cnn, x_test, y_test)
     qat_acc = accuracy(qmodel, x_test, y_test)
     tflite_acc = tflite_export.evaluate(blob, x_test, y_test)
-    # Measured: float 0.9556, QAT 0.9600, TFLite 0.9533; file 6136 bytes.
+    # Measured: float 0.9556, QAT and TFLite 0.9511; file 6216 bytes.
     assert tflite_acc >= float_acc - 0.03
     assert abs(tflite_acc - qat_acc) <= 0.02
