@@ -8,7 +8,7 @@ activation, with fake quantization where the integer model rounds:
 ``r`` (``rounding_offset``, per output channel, zero unless the exporter sets it) reproduces
 a runtime's rounding: TFLite's built-in kernels requantize with two roundings, and for
 non-negative values ``round(round(v·2^k)/2^k)`` equals ``floor(v + 1/2 + 2^-(k+1))``: one
-rounding of ``v`` shifted by ``2^-(k+1)`` output steps. Adding ``sign(y)·r`` before the output
+rounding of ``v`` shifted by ``2^-(k+1)`` output steps. Adding ``sign(z)·r`` before the output
 quantizer makes Keras round where the integer model does.
 
 ``f`` is an optional trainable per-output-channel scale: the ``γ/σ`` of a BatchNormalization

@@ -1,9 +1,10 @@
 """Model transforms: fold, annotate with schemes, wrap, calibrate — ``quantize_model`` and friends.
 
 ``quantize_model`` never touches the caller's model: it reads its graph, clones each layer,
-folds inference-mode BatchNormalization into the preceding Conv2D/DepthwiseConv2D/Dense
-(as a per-channel scale after the weight quantizer, or into the kernel), absorbs standalone activation layers into the layer before them (as an int8 kernel fuses
-them), resolves each layer's scheme and wraps it in ``QuantizedLayer``.
+folds inference-mode BatchNormalization into the preceding Conv2D/DepthwiseConv2D/Dense (as a
+per-channel scale after the weight quantizer, or into the kernel), absorbs standalone
+activation layers into the layer before them (as an int8 kernel fuses them), resolves each
+layer's scheme and wraps it in ``QuantizedLayer``.
 """
 
 from __future__ import annotations
