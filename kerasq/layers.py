@@ -260,7 +260,7 @@ class QuantizedLayer(keras.layers.Wrapper):
         if self.channel_scale is None:
             raise ValueError(f"Layer {self.name!r} was built without channel_scale.")
         kernel = self.kernel.numpy().astype(np.float64)
-        quantized = np.asarray(self.weight_quantizer(self.kernel, False, weights=self._weight_vars), np.float64)
+        quantized = np.asarray(self._inference_quantized(), np.float64)
         axes = tuple(range(kernel.ndim - len(self.channel_scale.shape)))
         energy = np.sum(quantized * quantized, axis=axes)
         gain = np.where(energy > 0, np.sum(kernel * quantized, axis=axes) / np.where(energy > 0, energy, 1.0), 1.0)
@@ -277,6 +277,10 @@ class QuantizedLayer(keras.layers.Wrapper):
         kernel_shape = tuple(int(d) for d in kernel_shape)
         return kernel_shape[2:] if isinstance(self.layer, keras.layers.DepthwiseConv2D) else kernel_shape[-1:]
 
+    def _inference_quantized(self) -> tf.Tensor:
+        """``Q(kernel)`` in inference mode, before the channel scale."""
+        return self.weight_quantizer(self.kernel, False, weights=self._weight_vars)
+
     def _scaled(self, quantized: tf.Tensor) -> tf.Tensor:
         if self.channel_scale is None:
             return quantized
@@ -284,7 +288,7 @@ class QuantizedLayer(keras.layers.Wrapper):
 
     def quantized_kernel(self) -> np.ndarray:
         """``Q(kernel)·f`` as the inference forward pass uses it, float32, Keras kernel layout."""
-        return np.asarray(self._scaled(self.weight_quantizer(self.kernel, False, weights=self._weight_vars)))
+        return np.asarray(self._scaled(self._inference_quantized()))
 
     def weight_grid(self) -> WeightGrid:
         """Codes and scale with ``codes * scale == quantized_kernel()`` (to float32 rounding with ``f``).

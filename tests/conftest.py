@@ -73,6 +73,15 @@ SEED_W = np.array(
 )
 
 
+def dense_model(kernel: np.ndarray, name: str = "fc") -> keras.Model:
+    """A one-layer float model whose Dense kernel (``[in, out]``, no bias) is ``kernel``."""
+    model = keras.Sequential(
+        [keras.Input((kernel.shape[0],)), keras.layers.Dense(kernel.shape[1], use_bias=False, name=name)]
+    )
+    model.set_weights([kernel])
+    return model
+
+
 def export_with_exact_weights(qmodel, **convert_kwargs):
     """Convert, assert integer-only, assert every exported kernel equals ``quantized_weights``.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
-from conftest import assert_exact_parity, reload_identical, export_with_exact_weights, SEED_W as W, assert_int8_storage_parity, accuracy, fit_qat
+from conftest import dense_model, assert_exact_parity, reload_identical, export_with_exact_weights, SEED_W as W, accuracy, fit_qat
 
 import kerasq
 import tflite_export
@@ -27,14 +27,6 @@ from kerasq.quantizers import MovingAverageQuantizer
 
 # The lecture's W^B = sign(W): the two zeros (W[2,2], W[3,1]) binarize to +1.
 W_SIGN = np.array([[1, -1, 1, 1], [1, -1, -1, 1], [-1, 1, 1, -1], [1, 1, 1, 1]], np.float32)
-
-
-def dense_model(kernel: np.ndarray, name: str = "fc") -> keras.Model:
-    model = keras.Sequential(
-        [keras.Input((kernel.shape[0],)), keras.layers.Dense(kernel.shape[1], use_bias=False, name=name)]
-    )
-    model.set_weights([kernel])
-    return model
 
 
 def seed_weights(scheme) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_exact_parity, reload_identical, SEED_W as W, accuracy, fit_qat
+from conftest import dense_model, assert_exact_parity, reload_identical, SEED_W as W, accuracy, fit_qat
 from sklearn.cluster import KMeans as SKLearnKMeans
 
 import kerasq
@@ -20,13 +20,6 @@ LECTURE_CENTROIDS = np.array([-1.00, 0.00, 1.50, 2.00])
 # -1.0 = mean(-0.98, -1.08, -0.91, -1.03); 7.45e-10 = mean(0.09, 0.05, -0.14, 0, 0) in float32
 # (0.09 + 0.05 - 0.14 is not exactly 0 in float32); 1.5 = mean(1.48, 1.53, 1.49); 2.0.
 EXACT_CENTROIDS = np.array([-1.0, 7.4505806e-10, 1.5, 2.0], np.float32)
-
-
-def dense_model(kernel: np.ndarray, name: str = "fc") -> keras.Model:
-    dense = keras.layers.Dense(kernel.shape[1], use_bias=False, name=name)
-    model = keras.Sequential([keras.Input((kernel.shape[0],)), dense])
-    model.set_weights([kernel])
-    return model
 
 
 def seed_qmodel(clusters: int = 4) -> keras.Model:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
-from conftest import assert_exact_parity, reload_identical, export_with_exact_weights, assert_int8_storage_parity, accuracy, fit_qat
+from conftest import assert_exact_parity, reload_identical, export_with_exact_weights, accuracy, fit_qat
 
 import kerasq
 import tflite_export

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import assert_exact_parity, reload_identical, export_with_exact_weights, SEED_W as W, accuracy
+from conftest import dense_model, assert_exact_parity, reload_identical, export_with_exact_weights, SEED_W as W, accuracy
 
 import kerasq
 import tflite_export
@@ -54,13 +54,6 @@ def nearest_level_oracle(w: np.ndarray, bits: int, peak: float) -> np.ndarray:
     magnitude = np.abs(w.astype(np.float64))
     index = np.sum(magnitude[..., None] >= midpoints, axis=-1)
     return (np.sign(w) * levels[index]).astype(np.float32)
-
-
-def dense_model(kernel: np.ndarray, name: str = "fc") -> keras.Model:
-    dense = keras.layers.Dense(kernel.shape[1], use_bias=False, name=name)
-    model = keras.Sequential([keras.Input((kernel.shape[0],)), dense])
-    model.set_weights([kernel])
-    return model
 
 
 # (w, expected Q(w), why) with max|w| = 1: e_max = 0, levels 2^-6 .. 2^0, zero below 2^-7.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_exact_parity, reload_identical, export_with_exact_weights, SEED_W as W, assert_int8_storage_parity, accuracy, fit_qat
+from conftest import dense_model, assert_exact_parity, reload_identical, export_with_exact_weights, SEED_W as W, accuracy, fit_qat
 
 import kerasq
 import tflite_export
@@ -22,14 +22,6 @@ from kerasq.ternary import (
 
 # The lecture's ternary weights for Δ = 0.73 (it labels the table W^T; it is in W's orientation).
 W_TERNARY = np.array([[1, -1, 1, 0], [0, 0, -1, 1], [-1, 1, 0, -1], [1, 0, 1, 1]], np.float32)
-
-
-def dense_model(kernel: np.ndarray, name: str = "fc") -> keras.Model:
-    model = keras.Sequential(
-        [keras.Input((kernel.shape[0],)), keras.layers.Dense(kernel.shape[1], use_bias=False, name=name)]
-    )
-    model.set_weights([kernel])
-    return model
 
 
 def seed_model(scheme) -> keras.Model:
