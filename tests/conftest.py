@@ -73,6 +73,14 @@ SEED_W = np.array(
 )
 
 
+def assert_config_round_trip(obj) -> None:
+    """``obj`` survives ``from_config(get_config())`` and Keras (de)serialization as ``kerasq>Name``."""
+    assert type(obj).from_config(obj.get_config()) == obj
+    config = keras.utils.serialize_keras_object(obj)
+    assert config["registered_name"] == f"kerasq>{type(obj).__name__}"
+    assert keras.utils.deserialize_keras_object(config) == obj
+
+
 def dense_model(kernel: np.ndarray, name: str = "fc") -> keras.Model:
     """A one-layer float model whose Dense kernel (``[in, out]``, no bias) is ``kernel``."""
     model = keras.Sequential(

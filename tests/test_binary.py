@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
-from conftest import dense_model, assert_exact_parity, reload_identical, export_with_exact_weights, SEED_W as W, accuracy, fit_qat
+from conftest import assert_config_round_trip, dense_model, assert_exact_parity, reload_identical, export_with_exact_weights, SEED_W as W, accuracy, fit_qat
 
 import kerasq
 import tflite_export
@@ -319,10 +319,7 @@ def test_config_round_trip_and_names():
         WeightClip(0.5),
         Binary("xnor", stochastic=True, per_channel=True),
     ):
-        assert type(obj).from_config(obj.get_config()) == obj
-        config = keras.utils.serialize_keras_object(obj)
-        assert config["registered_name"] == f"kerasq>{type(obj).__name__}"
-        assert keras.utils.deserialize_keras_object(config) == obj
+        assert_config_round_trip(obj)
     assert kerasq.get_scheme("binary") == Binary()
     assert kerasq.get_scheme("bwn") == Binary("bwn")
     assert kerasq.get_scheme("xnor") == Binary("xnor")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
-from conftest import assert_exact_parity, reload_identical, export_with_exact_weights, accuracy, fit_qat
+from conftest import assert_config_round_trip, assert_exact_parity, reload_identical, export_with_exact_weights, accuracy, fit_qat
 
 import kerasq
 import tflite_export
@@ -292,10 +292,7 @@ def test_serialization_round_trip(tmp_path):
         DoReFa(3, 5, gradient_bits=8, per_channel=True),
     )
     for obj in objects:
-        assert type(obj).from_config(obj.get_config()) == obj
-        config = keras.utils.serialize_keras_object(obj)
-        assert config["registered_name"] == f"kerasq>{type(obj).__name__}"
-        assert keras.utils.deserialize_keras_object(config) == obj
+        assert_config_round_trip(obj)
 
     qmodel = one_layer(DoReFa(3, 5, gradient_bits=8, per_channel=True), activation="relu")
     x = np.random.default_rng(2).normal(size=(16, 4)).astype(np.float32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import dense_model, assert_exact_parity, reload_identical, SEED_W as W, accuracy, fit_qat
+from conftest import assert_config_round_trip, dense_model, assert_exact_parity, reload_identical, SEED_W as W, accuracy, fit_qat
 from sklearn.cluster import KMeans as SKLearnKMeans
 
 import kerasq
@@ -138,10 +138,7 @@ def test_validation_errors():
 
 def test_serialization_round_trip(tmp_path):
     for obj in (KMeansQuantizer(clusters=5), KMeans(clusters=32)):
-        assert type(obj).from_config(obj.get_config()) == obj
-        config = keras.utils.serialize_keras_object(obj)
-        assert config["registered_name"] == f"kerasq>{type(obj).__name__}"
-        assert keras.utils.deserialize_keras_object(config) == obj
+        assert_config_round_trip(obj)
     assert kerasq.get_scheme("kmeans16") == KMeans(16)
     assert kerasq.get_scheme("kmeans") == KMeans()
     assert KMeans(16).weight_bits == 4 and KMeans(200).weight_bits == 8

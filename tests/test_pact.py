@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
-from conftest import assert_exact_parity, reload_identical, export_with_exact_weights, accuracy, fit_qat
+from conftest import assert_config_round_trip, assert_exact_parity, reload_identical, export_with_exact_weights, accuracy, fit_qat
 
 import kerasq
 import tflite_export
@@ -251,10 +251,7 @@ def test_validation_errors():
 def test_serialization_round_trip(tmp_path):
     objects = (PACTQuantizer(3, alpha_init=2.5, alpha_l2=0.01, alpha_max=6.0), PACT(3, 5, alpha_init=4.0, alpha_l2=0.0))
     for obj in objects:
-        assert type(obj).from_config(obj.get_config()) == obj
-        config = keras.utils.serialize_keras_object(obj)
-        assert config["registered_name"] == f"kerasq>{type(obj).__name__}"
-        assert keras.utils.deserialize_keras_object(config) == obj
+        assert_config_round_trip(obj)
 
     qmodel = kerasq.quantize_model(relu_layer(use_bias=True), layer_schemes={"fc": PACT(3, 5, alpha_init=4.0)})
     alpha_of(qmodel).assign(1.25)  # non-default state

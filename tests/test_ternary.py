@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import dense_model, assert_exact_parity, reload_identical, export_with_exact_weights, SEED_W as W, accuracy, fit_qat
+from conftest import assert_config_round_trip, dense_model, assert_exact_parity, reload_identical, export_with_exact_weights, SEED_W as W, accuracy, fit_qat
 
 import kerasq
 import tflite_export
@@ -164,10 +164,7 @@ def test_ttq_scales_train_and_export_exactly():
 # --- serialization ---------------------------------------------------------------------------
 def test_config_round_trip_and_names():
     for obj in (TernaryWeightQuantizer("ttq", threshold=0.5, channel_axes=(2, 3)), Ternary("ttq", 0.6, True)):
-        assert type(obj).from_config(obj.get_config()) == obj
-        config = keras.utils.serialize_keras_object(obj)
-        assert config["registered_name"] == f"kerasq>{type(obj).__name__}"
-        assert keras.utils.deserialize_keras_object(config) == obj
+        assert_config_round_trip(obj)
     assert kerasq.get_scheme("ternary") == Ternary()
     assert kerasq.get_scheme("twn") == Ternary("twn")
     assert kerasq.get_scheme("ttq") == Ternary("ttq")
