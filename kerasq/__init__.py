@@ -7,6 +7,9 @@
 """
 
 from kerasq import schemes
+# Every method module, once: each registers its scheme names (see kerasq.schemes).
+from kerasq import binary, dorefa, kmeans, pact, power_of_two, ternary  # noqa: F401
+from kerasq import callbacks
 from kerasq.compat import keras, tf
 from kerasq.layers import ActivationSpec, QuantizedLayer, QuantizeInput
 from kerasq.schemes import Scheme, available_schemes, get_scheme
@@ -20,6 +23,7 @@ __all__ = [
     "QuantizedLayer",
     "Scheme",
     "available_schemes",
+    "callbacks",
     "calibrate",
     "get_scheme",
     "keras",

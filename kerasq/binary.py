@@ -28,7 +28,6 @@ References:
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
@@ -44,7 +43,7 @@ from kerasq.quantizers import (
     is_training,
 )
 from kerasq.registry import ConfigEquality, register
-from kerasq.schemes import PRESETS, Scheme
+from kerasq.schemes.base import Scheme
 
 METHODS = ("binaryconnect", "bnn", "bwn", "xnor")
 # Methods whose weights carry the scale α = mean|W| (Rastegari et al. 2016).
@@ -380,7 +379,7 @@ class SignActivationQuantizer(ActivationQuantizer):
 
 
 # --- scheme ----------------------------------------------------------------------------------
-@register("scheme", alias="binary")
+@register("scheme", alias="binary", presets={method: {"method": method} for method in METHODS})
 class Binary(Scheme):
     """Binary weights (and, for BNN/XNOR-Net, binary activations) in every quantized layer.
 
@@ -432,6 +431,3 @@ class Binary(Scheme):
 
     def get_config(self) -> dict[str, Any]:
         return {"method": self.method, "stochastic": self.stochastic, "per_channel": self.per_channel}
-
-
-PRESETS.update({method: functools.partial(Binary, method=method) for method in METHODS})

@@ -1,13 +1,14 @@
 """The ``kerasq`` command line: demo, export, inspect, eval, bench.
 
-    kerasq demo [--dataset digits|mnist|fashion_mnist] [--data_dir DIR] [--out DIR] [--scheme int8]
+    kerasq demo [--dataset digits|mnist|fashion_mnist] [--data_dir DIR] [--out DIR] [--scheme int8] [--verbose]
     kerasq export MODEL.keras --out FILE.tflite [--dataset NAME --data_dir DIR]   # PTQ for float models
     kerasq inspect FILE.tflite [--json]
     kerasq eval FILE.tflite [--dataset NAME --data_dir DIR]
     kerasq bench FILE.tflite [--threads 1 2] [--runs 200] [--warmup 20]
 
 Data directories default to ``$KERASQ_DATA``. Exit status 2 with one line on stderr for bad
-input (missing file, corrupt .tflite, unknown scheme).
+input (missing file, corrupt .tflite, unknown scheme, an output path that is the input);
+``kerasq`` alone prints the help and exits with 2.
 """
 
 from __future__ import annotations
@@ -19,39 +20,88 @@ import sys
 from typing import Sequence
 
 
+_DESCRIPTION = """\
+Quantization-aware training for tf_keras and exact, integer-only TFLite export.
+
+examples:
+  kerasq demo                                     # float → QAT → int8 .tflite on digits, ~20 s
+  kerasq export qat.keras --out qat.tflite        # a saved quantized Keras model → .tflite
+  kerasq inspect kerasq_out/int8.tflite           # what the file holds
+
+Run `kerasq COMMAND --help` for a command's options and examples.
+"""
+
+_EXAMPLES = {
+    "demo": """\
+examples:
+  kerasq demo                                            # digits shipped with kerasq, ~20 s
+  kerasq demo --dataset mnist --data_dir ../shared/data  # real MNIST from IDX files
+  kerasq demo --scheme pact --out pact_out --verbose     # PACT w4a4, Keras' per-epoch logs
+""",
+    "export": """\
+examples:
+  kerasq export qat.keras --out qat.tflite                         # a kerasq-quantized model, as trained
+  kerasq export float.keras --out ptq.tflite --dataset digits      # a float model: post-training quantization
+""",
+    "inspect": """\
+examples:
+  kerasq inspect kerasq_out/int8.tflite
+  kerasq inspect kerasq_out/int8.tflite --json > report.json
+""",
+    "eval": """\
+examples:
+  kerasq eval kerasq_out/int8.tflite                                  # digits test split
+  kerasq eval model.tflite --dataset fashion_mnist --data_dir ../shared/data
+""",
+    "bench": """\
+examples:
+  kerasq bench kerasq_out/int8.tflite
+  kerasq bench model.tflite --threads 1 2 --runs 500
+""",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     from kerasq.schemes import available_schemes
 
-    parser = argparse.ArgumentParser(prog="kerasq", description="Quantization-aware training and integer-only TFLite export.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="kerasq", description=_DESCRIPTION, formatter_class=formatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog=_EXAMPLES[name], formatter_class=formatter)
 
     def data_args(p, default="digits"):
-        p.add_argument("--dataset", default=default, choices=["digits", "mnist", "fashion_mnist"])
-        p.add_argument("--data_dir", default=os.environ.get("KERASQ_DATA"), help="folder with mnist/ and fashion-mnist/ IDX files")
+        p.add_argument("--dataset", default=default, choices=["digits", "mnist", "fashion_mnist"],
+                       help=f"data set (default: {default or 'none'})")
+        p.add_argument("--data_dir", default=os.environ.get("KERASQ_DATA"),
+                       help="folder with mnist/ and fashion-mnist/ IDX files (default: $KERASQ_DATA)")
 
-    demo = sub.add_parser("demo", help="float → QAT → integer-only TFLite on real data, with a report")
+    demo = command("demo", "train a small CNN in float, fine-tune it with quantization-aware training and "
+                           "write an integer-only .tflite, with a table of accuracy, parity, size and latency")
     data_args(demo)
     demo.add_argument("--out", default="kerasq_out", help="output folder for .tflite files and report.md")
-    demo.add_argument("--scheme", default="int8", choices=available_schemes())
+    demo.add_argument("--scheme", default="int8", choices=available_schemes(), help="quantization scheme (default: int8)")
     demo.add_argument("--epochs", type=int, default=None, help="float training epochs")
     demo.add_argument("--qat_epochs", type=int, default=None, help="quantization-aware training epochs")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--verbose", action="store_true", help="Keras' log line for every epoch instead of one bar per phase")
 
-    export = sub.add_parser("export", help="write an integer-only .tflite from a saved Keras model")
+    export = command("export", "write an integer-only .tflite from a saved Keras model")
     export.add_argument("model", help="a .keras/.h5/SavedModel path (kerasq-quantized, or float for PTQ)")
-    export.add_argument("--out", required=True, help="output .tflite path")
+    export.add_argument("--out", required=True, help="output .tflite path (must not be the input)")
     data_args(export, default=None)
     export.add_argument("--calibration_samples", type=int, default=500)
 
-    inspect = sub.add_parser("inspect", help="ops, dtypes, scales and per-channel use of a .tflite")
+    inspect = command("inspect", "list the ops, dtypes, scales and per-channel weights of a .tflite")
     inspect.add_argument("file")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    evaluate = sub.add_parser("eval", help="top-1 accuracy of a .tflite on a test set")
+    evaluate = command("eval", "top-1 accuracy of a .tflite on a test set")
     evaluate.add_argument("file")
     data_args(evaluate)
 
-    bench = sub.add_parser("bench", help="LiteRT latency of a .tflite")
+    bench = command("bench", "LiteRT latency of a .tflite")
     bench.add_argument("file")
     bench.add_argument("--threads", type=int, nargs="+", default=[1])
     bench.add_argument("--runs", type=int, default=200)
@@ -63,7 +113,7 @@ def _demo(args) -> None:
     from kerasq.demo import run_demo
 
     run_demo(args.dataset, args.data_dir, args.out, scheme=args.scheme, epochs=args.epochs,
-             qat_epochs=args.qat_epochs, seed=args.seed)
+             qat_epochs=args.qat_epochs, seed=args.seed, verbose=args.verbose)
 
 
 def _export(args) -> None:
@@ -74,6 +124,10 @@ def _export(args) -> None:
 
     if not os.path.exists(args.model):
         raise FileNotFoundError(f"No model at {args.model!r}")
+    tflite_export.files.ensure_distinct(args.out, [args.model])
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"Cannot write {args.out!r}: the folder {folder!r} does not exist.")
     with quantize_scope():
         model = keras.models.load_model(args.model, compile=False)
     data = None
@@ -82,10 +136,7 @@ def _export(args) -> None:
         data = x_train[: args.calibration_samples]
     print(f"exporting {args.model} ({'with' if data is not None else 'without'} calibration data)", file=sys.stderr)
     blob = tflite_export.convert(model, data)
-    tmp = f"{args.out}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(blob)
-    os.replace(tmp, args.out)
+    tflite_export.save(blob, args.out)
     report = tflite_export.inspect(blob)
     print(f"wrote {args.out}: {len(blob):,} bytes, integer-only={report.is_integer_only}, "
           f"per-channel ops={len(report.per_channel_ops)}")
@@ -116,7 +167,13 @@ def _bench(args) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run one command; returns the exit status (0, or 2 for a usage or input error)."""
+    parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        parser.print_help(sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     handlers = {"demo": _demo, "export": _export, "inspect": _inspect, "eval": _eval, "bench": _bench}
     try:
         handlers[args.command](args)

@@ -1,6 +1,6 @@
 """The end-to-end job: float training → QAT → integer-only TFLite, with a measured report.
 
-    kerasq demo                                   # scikit-learn digits, no download
+    kerasq demo                                   # digits shipped inside kerasq, no download
     kerasq demo --dataset mnist --data_dir DIR    # real MNIST IDX files
 
 Trains ``kerasq.models.demo_cnn`` in float, fine-tunes it with quantization-aware training,
@@ -11,10 +11,10 @@ integer-only writer) plus ``report.md`` to ``out``, and prints the same table.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
-
 
 import kerasq
 import tflite_export
@@ -64,6 +64,54 @@ class DemoResult:
         return "\n".join(lines)
 
 
+class PhaseProgress(keras.callbacks.Callback):
+    """One progress bar for a whole ``fit`` (every epoch of a training phase), not a line per epoch.
+
+    On a terminal a Keras ``Progbar`` moves in place; when stdout is not a terminal (a log, CI)
+    one line is printed when the phase ends. Loss and metrics are the last epoch's values.
+    """
+
+    def __init__(self, epochs: int, steps_per_epoch: int):
+        super().__init__()
+        self.total = max(1, epochs * steps_per_epoch)
+        self.seen = 0
+        self.started = 0.0
+        self.logs: dict = {}
+        self.bar: keras.utils.Progbar | None = None
+
+    def on_train_begin(self, logs=None):
+        self.started = time.perf_counter()
+        if hasattr(sys.stdout, "isatty") and sys.stdout.isatty():
+            self.bar = keras.utils.Progbar(self.total, interval=0.2, unit_name="step")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        self.logs = {name: float(value) for name, value in (logs or {}).items()}
+        if self.bar is not None:
+            self.bar.stateful_metrics.update(self.logs)
+            self.bar.update(min(self.seen, self.total), list(self.logs.items()))
+
+    def on_train_end(self, logs=None):
+        if self.bar is not None:
+            if self.seen < self.total:  # stopped early: close the bar where it is
+                self.bar.update(self.seen, finalize=True)
+            return
+        metrics = "".join(f" - {name}: {value:.4f}" for name, value in self.logs.items())
+        print(f"      {self.seen}/{self.total} steps - {time.perf_counter() - self.started:.0f}s{metrics}", flush=True)
+
+
+def _fit(model: keras.Model, x, y, epochs: int, verbose: bool) -> None:
+    """``model.fit`` with one progress bar per phase, or Keras' per-epoch logs when ``verbose``."""
+    if epochs <= 0:
+        return
+    batch_size = 32
+    if verbose:
+        model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=2)
+        return
+    steps = -(-len(x) // batch_size)
+    model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[PhaseProgress(epochs, steps)])
+
+
 def float_tflite(model: keras.Model) -> bytes:
     """A float32 .tflite of ``model`` through TensorFlow's converter (the baseline)."""
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
@@ -78,9 +126,13 @@ def run_demo(
     epochs: int | None = None,
     qat_epochs: int | None = None,
     seed: int = 0,
+    verbose: bool = False,
     log: Callable[[str], None] = print,
 ) -> DemoResult:
-    """Run the demo and write ``float.tflite``, ``int8.tflite`` and ``report.md`` into ``out``."""
+    """Run the demo and write ``float.tflite``, ``int8.tflite`` and ``report.md`` into ``out``.
+
+    ``verbose`` prints Keras' log line for every epoch instead of one progress bar per phase.
+    """
     if dataset not in DEFAULTS:
         raise ValueError(f"dataset must be one of {sorted(DEFAULTS)}. Received: dataset={dataset!r}")
     default_epochs, default_qat_epochs, width = DEFAULTS[dataset]
@@ -95,14 +147,14 @@ def run_demo(
     model = demo_cnn(x_train.shape[1:], int(y_train.max()) + 1, width)
     model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     log(f"[2/6] training float model ({model.count_params():,} parameters, {epochs} epochs)")
-    model.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=2 if epochs else 0)
+    _fit(model, x_train, y_train, epochs, verbose)
     float_acc = model.evaluate(x_test, y_test, verbose=0)[1]
 
     log(f"[3/6] quantization-aware training, scheme={scheme} ({qat_epochs} epochs)")
     qmodel = kerasq.quantize_model(model, scheme)
     qmodel.compile(keras.optimizers.Adam(5e-4), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     kerasq.calibrate(qmodel, x_train[:512])
-    qmodel.fit(x_train, y_train, epochs=qat_epochs, batch_size=32, verbose=2 if qat_epochs else 0)
+    _fit(qmodel, x_train, y_train, qat_epochs, verbose)
 
     log("[4/6] exporting float and integer-only TFLite")
     float_bytes = float_tflite(model)
@@ -139,25 +191,17 @@ def run_demo(
         seconds=time.perf_counter() - start,
     )
     os.makedirs(out, exist_ok=True)
-    _write(os.path.join(out, "float.tflite"), float_bytes)
-    _write(os.path.join(out, "int8.tflite"), int8_bytes)
+    tflite_export.save(float_bytes, os.path.join(out, "float.tflite"))
+    tflite_export.save(int8_bytes, os.path.join(out, "int8.tflite"))
     markdown = (
         f"# kerasq demo: {dataset}, scheme {scheme}\n\n{result.table()}\n\n"
         f"Run time {result.seconds:.0f} s. Integer model:\n\n```\n{report}\n```\n"
     )
-    _write(os.path.join(out, "report.md"), markdown.encode())
+    tflite_export.save(markdown.encode(), os.path.join(out, "report.md"))
     log("")
     log(result.table())
     log(f"\nwrote {out}/float.tflite, {out}/int8.tflite, {out}/report.md in {result.seconds:.0f} s")
     return result
-
-
-def _write(path: str, data: bytes) -> None:
-    """Write atomically: a reader never sees a half-written file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def result_dict(result: DemoResult) -> dict:

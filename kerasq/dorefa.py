@@ -24,7 +24,7 @@ from kerasq.compat import tf
 from kerasq.layers import ActivationSpec, channel_axes
 from kerasq.quantizers import ActivationQuantizer, MovingAverageQuantizer, WeightGrid, WeightQuantizer
 from kerasq.registry import register
-from kerasq.schemes import Scheme
+from kerasq.schemes.base import Scheme
 
 
 def _levels(bits: int) -> int:

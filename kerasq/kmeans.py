@@ -22,7 +22,6 @@ The math is ``kmeans_1d`` (NumPy) and ``codebook_codes`` (TF) with NumPy mirror
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -32,7 +31,7 @@ from kerasq import ops
 from kerasq.compat import tf
 from kerasq.quantizers import WeightGrid, WeightQuantizer
 from kerasq.registry import register
-from kerasq.schemes import PRESETS, Scheme
+from kerasq.schemes.base import Scheme
 
 # Lloyd's iterations stop earlier, when no assignment changes (1-D data converges in a few dozen).
 _MAX_LLOYD_ITERATIONS = 1000
@@ -176,7 +175,7 @@ class KMeansQuantizer(WeightQuantizer):
         return {"clusters": self.clusters}
 
 
-@register("scheme", alias="kmeans")
+@register("scheme", alias="kmeans", presets={"kmeans16": {"clusters": 16}})
 class KMeans(Scheme):
     """K-means weight sharing (Deep Compression) with int8 EMA activations.
 
@@ -203,6 +202,3 @@ class KMeans(Scheme):
 
     def get_config(self):
         return {"clusters": self.clusters}
-
-
-PRESETS["kmeans16"] = functools.partial(KMeans, clusters=16)

@@ -22,7 +22,7 @@ from kerasq.compat import keras, tf
 from kerasq.layers import ActivationSpec, channel_axes
 from kerasq.quantizers import ActivationQuantizer, LinearWeightQuantizer, MovingAverageQuantizer
 from kerasq.registry import register
-from kerasq.schemes import Scheme
+from kerasq.schemes.base import Scheme
 
 # Smallest clipping level the forward pass uses; keeps the FakeQuant range non-empty.
 ALPHA_MIN = 1e-3

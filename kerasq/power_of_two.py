@@ -31,7 +31,6 @@ The math is ``round_log2``/``power_of_two_codes`` (TF) with NumPy mirrors
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
@@ -41,7 +40,7 @@ from kerasq.compat import tf
 from kerasq.layers import channel_axes
 from kerasq.quantizers import WeightGrid, WeightQuantizer
 from kerasq.registry import register
-from kerasq.schemes import PRESETS, Scheme
+from kerasq.schemes.base import Scheme
 
 # float32 normal exponents: 2^e is exact for e in [-126, 127].
 _MIN_EXPONENT, _MAX_EXPONENT = -126, 127
@@ -240,7 +239,7 @@ class PowerOfTwoQuantizer(WeightQuantizer):
         return {"bits": self.bits, "channel_axes": self.channel_axes}
 
 
-@register("scheme")
+@register("scheme", presets={"po2": {"bits": 4}})
 class PowerOfTwo(Scheme):
     """Power-of-two weights (INQ, Zhou et al. 2017) with int8 EMA activations.
 
@@ -269,6 +268,3 @@ class PowerOfTwo(Scheme):
 
     def get_config(self):
         return {"bits": self.weight_bits, "per_channel": self.per_channel}
-
-
-PRESETS["po2"] = functools.partial(PowerOfTwo, bits=4)

@@ -1,8 +1,12 @@
 """Registration of kerasq's serializable objects.
 
-``register(alias)`` makes a class loadable by ``tf_keras.models.load_model`` under the
-namespaced name ``kerasq>ClassName`` and reachable by a short snake_case alias through
-``lookup``. Equality of registered objects is defined once here, from ``get_config()``.
+``register(kind, alias, presets)`` makes a class loadable by ``tf_keras.models.load_model``
+under the namespaced name ``kerasq>ClassName``, reachable by a short snake_case alias, and
+optionally by preset names that stand for the class with fixed arguments (``"bwn"`` is
+``Binary(method="bwn")``). ``create`` builds an object from any of those names. The tables
+are filled by the decorator where each class is defined; this module imports nothing of
+kerasq but ``compat``, so any import order works. Equality of registered objects is defined
+once here, from ``get_config()``.
 """
 
 from __future__ import annotations
@@ -14,35 +18,65 @@ from kerasq.compat import keras
 T = TypeVar("T")
 
 _ALIASES: dict[str, dict[str, type]] = {}
+_PRESETS: dict[str, dict[str, tuple[type, dict[str, Any]]]] = {}
 
 
-def register(kind: str, alias: str | None = None) -> Callable[[type[T]], type[T]]:
+def _key(name: str) -> str:
+    return name.lower().replace("-", "_")
+
+
+def register(
+    kind: str, alias: str | None = None, presets: dict[str, dict[str, Any]] | None = None
+) -> Callable[[type[T]], type[T]]:
     """Class decorator: Keras-serializable as ``kerasq>Name`` and findable as ``alias``.
 
     Args:
       kind: the family the alias lives in, e.g. ``"scheme"`` or ``"quantizer"``.
       alias: short name (e.g. ``"pact"``); defaults to the class name in snake_case.
+      presets: more names for the class with fixed constructor arguments, e.g.
+        ``{"bwn": {"method": "bwn"}}``.
     """
 
     def decorate(cls: type[T]) -> type[T]:
         name = alias or "".join("_" + c.lower() if c.isupper() else c for c in cls.__name__).lstrip("_")
         table = _ALIASES.setdefault(kind, {})
-        if name in table and table[name] is not cls:
-            raise ValueError(f"{kind} alias {name!r} is already registered to {table[name].__name__}.")
+        preset_table = _PRESETS.setdefault(kind, {})
+        for key in [name, *(presets or {})]:
+            owner = table.get(key) or preset_table.get(key, (None,))[0]
+            if owner is not None and owner.__name__ != cls.__name__:
+                raise ValueError(f"{kind} name {key!r} is already registered to {owner.__name__}.")
         table[name] = cls
+        for preset, arguments in (presets or {}).items():
+            preset_table[_key(preset)] = (cls, dict(arguments))
         cls.alias = name
         return keras.utils.register_keras_serializable(package="kerasq")(cls)
 
     return decorate
 
 
+def names(kind: str) -> list[str]:
+    """Every alias and preset name of family ``kind``, sorted."""
+    return sorted(set(_ALIASES.get(kind, {})) | set(_PRESETS.get(kind, {})))
+
+
 def lookup(kind: str, name: str) -> type:
-    """The class registered under ``alias`` ``name`` in family ``kind``."""
-    table = _ALIASES.get(kind, {})
-    key = name.lower().replace("-", "_")
-    if key not in table:
-        raise ValueError(f"Unknown {kind} {name!r}; valid names: {', '.join(sorted(table))}. Received: {name!r}")
-    return table[key]
+    """The class registered under alias (or preset) ``name`` in family ``kind``."""
+    return _resolve(kind, name)[0]
+
+
+def create(kind: str, name: str) -> Any:
+    """An object of family ``kind`` from an alias (default arguments) or a preset name."""
+    cls, arguments = _resolve(kind, name)
+    return cls(**arguments)
+
+
+def _resolve(kind: str, name: str) -> tuple[type, dict[str, Any]]:
+    key = _key(name)
+    if key in _PRESETS.get(kind, {}):
+        return _PRESETS[kind][key]
+    if key in _ALIASES.get(kind, {}):
+        return _ALIASES[kind][key], {}
+    raise ValueError(f"Unknown {kind} {name!r}; valid names: {', '.join(names(kind))}. Received: {name!r}")
 
 
 def registered(kind: str) -> dict[str, type]:

@@ -19,7 +19,6 @@ References:
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,7 @@ from kerasq.compat import keras, tf
 from kerasq.layers import channel_axes
 from kerasq.quantizers import WeightGrid, WeightQuantizer
 from kerasq.registry import register
-from kerasq.schemes import PRESETS, Scheme
+from kerasq.schemes.base import Scheme
 
 METHODS = ("twn", "ttq")
 # TTQ's two scales share one grid s = max(w_p, w_n) / TTQ_LEVELS: INT4 codes in [-7, 7].
@@ -256,7 +255,7 @@ class TernaryWeightQuantizer(WeightQuantizer):
 
 
 # --- scheme ----------------------------------------------------------------------------------
-@register("scheme", alias="ternary")
+@register("scheme", alias="ternary", presets={"twn": {}, "ttq": {"method": "ttq"}})
 class Ternary(Scheme):
     """Ternary weights (TWN or TTQ) in every quantized layer; int8 activations (EMA range).
 
@@ -283,6 +282,3 @@ class Ternary(Scheme):
 
     def get_config(self) -> dict[str, Any]:
         return {"method": self.method, "threshold": self.threshold, "per_channel": self.per_channel}
-
-
-PRESETS.update({"twn": Ternary, "ttq": functools.partial(Ternary, method="ttq")})

@@ -19,7 +19,7 @@ from kerasq.compat import keras
 from kerasq.graph import LayerGraph, Node
 from kerasq.layers import ActivationSpec, QuantizedLayer, QuantizeInput
 from kerasq.registry import all_custom_objects
-from kerasq.schemes import WEIGHT_LAYERS, Linear, Scheme, get_scheme
+from kerasq.schemes.base import WEIGHT_LAYERS, Linear, Scheme, get_scheme
 
 # Layers that change no values on TFLite's int8 grid: they pass through unwrapped.
 PASS_THROUGH_LAYERS = (

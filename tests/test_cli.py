@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 
 import pytest
 
 from kerasq.cli import main
 
+_DEMO_LOG = {}
+
 
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--out", str(out), "--epochs", "12", "--qat_epochs", "2"]) == 0
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        assert main(["demo", "--out", str(out), "--epochs", "12", "--qat_epochs", "2"]) == 0
+    _DEMO_LOG["text"] = log.getvalue()
     return out
+
+
+def test_demo_shows_one_progress_bar_per_phase(demo_out):
+    text = _DEMO_LOG["text"]
+    # One bar per training phase, no per-epoch Keras log lines (those need --verbose).
+    assert "Epoch 1/" not in text
+    finished_bars = [line.strip() for line in text.splitlines() if " steps - " in line]
+    assert len(finished_bars) == 2, text
+    assert finished_bars[0].startswith("516/516 steps") and finished_bars[1].startswith("86/86 steps")  # 43 x 12, 43 x 2
+    assert "| int8 TFLite accuracy" in text
 
 
 def test_demo_writes_models_and_report(demo_out, capsys):
@@ -34,6 +52,37 @@ def test_inspect_eval_bench_on_demo_output(demo_out, capsys):
     assert accuracy > 0.85
     assert main(["bench", model, "--runs", "20", "--warmup", "2", "--threads", "1", "2"]) == 0
     assert capsys.readouterr().out.count("median") == 2
+
+
+def test_no_arguments_print_the_help_and_exit_2(capsys):
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: kerasq") and "examples:" in err
+    for command in ("demo", "export", "inspect", "eval", "bench"):
+        assert command in err
+
+
+@pytest.mark.parametrize("command", ["demo", "export", "inspect", "eval", "bench"])
+def test_every_command_help_says_what_it_does_with_an_example(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and f"kerasq {command}" in out.split("examples:")[1]
+
+
+def test_export_refuses_to_overwrite_its_input(trained_float_cnn, tmp_path, capsys):
+    model_path = tmp_path / "M.keras"
+    trained_float_cnn.save(model_path)
+    before = model_path.read_bytes()
+    link = tmp_path / "link.keras"
+    os.symlink(model_path, link)
+    for out in (model_path, tmp_path / "." / "M.keras", link):
+        assert main(["export", str(model_path), "--out", str(out), "--dataset", "digits"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "would destroy the input" in err and "\n" not in err
+    assert model_path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["M.keras", "link.keras"]
 
 
 def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):

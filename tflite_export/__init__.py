@@ -9,6 +9,7 @@
 """
 
 from tflite_export.convert import ExportError, convert
+from tflite_export.files import save
 from tflite_export.flatbuffer import InvalidModelError
 from tflite_export.inspect import ModelReport, inspect
 from tflite_export.runtime import LatencyStats, ParityReport, benchmark, compare, evaluate, run
@@ -26,4 +27,5 @@ __all__ = [
     "evaluate",
     "inspect",
     "run",
+    "save",
 ]

@@ -35,7 +35,7 @@ from kerasq.compat import keras
 from kerasq.graph import LayerGraph
 from kerasq.layers import QuantizedLayer, QuantizeInput
 from kerasq.ops import AffineParams
-from kerasq.schemes import WEIGHT_LAYERS
+from kerasq.schemes.base import WEIGHT_LAYERS
 from tflite_export.flatbuffer import pack_int4, serialize
 from tflite_export.inspect import inspect
 

@@ -1,4 +1,4 @@
-"""Schemes: which quantizer goes where in a layer.
+"""The scheme base class, the linear scheme and scheme lookup by name.
 
 A scheme answers two questions for each layer ``quantize_model`` wraps: how its kernel is
 quantized (``weight_quantizer``) and how its output is (``activation_quantizer``). Schemes are
@@ -7,8 +7,9 @@ small serializable objects, reachable by a short name for the CLI:
     >>> get_scheme("int8")
     Linear(weight_bits=8, activation_bits=8, symmetric=True, per_channel=True, narrow_range=True)
 
-Scheme classes of the low-bit methods live in modules named after them and register here
-through ``kerasq.registry.register("scheme")``.
+Scheme classes of the low-bit methods live in modules named after them (``kerasq.pact``,
+``kerasq.binary``, ...) and register themselves with ``kerasq.registry.register("scheme")``;
+this module imports none of them, so they can import it in any order.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from kerasq.quantizers import (
     MovingAverageQuantizer,
     WeightQuantizer,
 )
-from kerasq.registry import ConfigEquality, lookup, register, registered
+from kerasq.registry import ConfigEquality, create, names, register
 
 WEIGHT_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
 
@@ -62,7 +63,7 @@ class Scheme(ConfigEquality, metaclass=abc.ABCMeta):
         return {}
 
 
-@register("scheme")
+@register("scheme", presets={"int8": {}, "w8a8": {}})
 class Linear(Scheme):
     """Uniform linear quantization of weights and activations (Jacob et al. 2018).
 
@@ -114,10 +115,6 @@ class Linear(Scheme):
         }
 
 
-# Preset names that are not class aliases.
-PRESETS = {"int8": Linear, "w8a8": Linear}
-
-
 def get_scheme(scheme: "Scheme | str | dict") -> Scheme:
     """A scheme from an instance, a short name (``"int8"``, ``"pact"``, ...) or a Keras config.
 
@@ -128,33 +125,10 @@ def get_scheme(scheme: "Scheme | str | dict") -> Scheme:
     if isinstance(scheme, dict):
         return keras.utils.deserialize_keras_object(scheme)
     if isinstance(scheme, str):
-        key = scheme.lower().replace("-", "_")
-        if key in PRESETS:
-            return PRESETS[key]()
-        try:
-            return lookup("scheme", key)()
-        except ValueError:
-            names = sorted(set(PRESETS) | set(registered("scheme")))
-            raise ValueError(f"Unknown scheme {scheme!r}; valid names: {', '.join(names)}. Received: {scheme!r}") from None
+        return create("scheme", scheme)
     raise TypeError(f"scheme must be a kerasq Scheme, a name or a config dict. Received: {scheme!r}")
 
 
 def available_schemes() -> list[str]:
     """Names accepted by ``get_scheme`` (and the CLI's ``--scheme``)."""
-    return sorted(set(PRESETS) | set(registered("scheme")))
-
-
-
-# The method families, each in the module named after it; importing them here registers their
-# schemes and presets and makes ``kerasq.schemes.PACT`` etc. resolve.
-from kerasq.binary import Binary  # noqa: E402
-from kerasq.dorefa import DoReFa  # noqa: E402
-from kerasq.kmeans import KMeans  # noqa: E402
-from kerasq.pact import PACT  # noqa: E402
-from kerasq.power_of_two import PowerOfTwo  # noqa: E402
-from kerasq.ternary import Ternary  # noqa: E402
-
-__all__ = [
-    "Binary", "DoReFa", "KMeans", "Linear", "PACT", "PowerOfTwo", "Scheme", "Ternary",
-    "available_schemes", "get_scheme",
-]
+    return names("scheme")
