@@ -9,28 +9,39 @@
 from kerasq import schemes
 # Every method module, once: each registers its scheme names (see kerasq.schemes).
 from kerasq import binary, dorefa, kmeans, pact, power_of_two, ternary  # noqa: F401
-from kerasq import callbacks
+from kerasq import callbacks, observers, runtimes
+from kerasq.activations import ActivationSpec
 from kerasq.compat import keras, tf
-from kerasq.layers import ActivationSpec, QuantizedLayer, QuantizeInput
+from kerasq.layers import QuantizedLayer, QuantizeInput, Requantize
+from kerasq.model import QuantizedModel, link, quantization_mode, set_target
+from kerasq.runtimes import Target
 from kerasq.schemes import Scheme, available_schemes, get_scheme
 from kerasq.transforms import calibrate, quantize_model, quantize_scope, quantized_layers, quantized_weights
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ActivationSpec",
     "QuantizeInput",
     "QuantizedLayer",
+    "QuantizedModel",
+    "Requantize",
     "Scheme",
+    "Target",
     "available_schemes",
-    "callbacks",
     "calibrate",
+    "callbacks",
     "get_scheme",
     "keras",
+    "link",
+    "observers",
+    "quantization_mode",
     "quantize_model",
     "quantize_scope",
     "quantized_layers",
     "quantized_weights",
+    "runtimes",
     "schemes",
+    "set_target",
     "tf",
 ]

@@ -34,13 +34,14 @@ import numpy as np
 
 from kerasq import ops
 from kerasq.compat import keras, tf
-from kerasq.layers import ActivationSpec, channel_axes
+from kerasq.activations import ActivationSpec
+from kerasq.observers import MovingAverageObserver
 from kerasq.quantizers import (
     ActivationQuantizer,
-    MovingAverageQuantizer,
     WeightGrid,
     WeightQuantizer,
     is_training,
+    observed_range,
 )
 from kerasq.registry import ConfigEquality, register
 from kerasq.schemes.base import Scheme
@@ -278,6 +279,9 @@ class BinaryWeightQuantizer(WeightQuantizer):
             codes = ste_sign(w)
         return codes * self._scale(w) if self.scaled else codes
 
+    def scale(self, w, weights):
+        return self._scale(tf.convert_to_tensor(w, tf.float32))
+
     def integer_grid(self, w, weights) -> WeightGrid:
         w = tf.convert_to_tensor(w, tf.float32)
         return WeightGrid(sign(w).numpy().astype(np.int32), self._scale(w).numpy().astype(np.float32), self.bits)
@@ -323,8 +327,8 @@ class SignActivationQuantizer(ActivationQuantizer):
 
     def __init__(self, method: str = "xnor", decay: float = 0.99, after_relu: bool = False):
         self.method = _check_method(method, BINARY_ACTIVATION_METHODS)
-        self._range = MovingAverageQuantizer(8, decay)  # validates decay
-        self.decay = float(decay)
+        self.observer = MovingAverageObserver(decay)  # the range of x̂; validates decay
+        self.decay = self.observer.decay
         self.after_relu = bool(after_relu)
 
     @property
@@ -332,29 +336,46 @@ class SignActivationQuantizer(ActivationQuantizer):
         return self.method in SCALED_METHODS
 
     def build(self, tensor_shape, name, layer):
-        variables = self._range.build(tensor_shape, name, layer)
+        variables = self.observer.build(layer, name)
         if self.scaled:
             variables["beta"] = layer.add_weight(f"{name}_beta", shape=(), initializer="zeros", trainable=False)
         return variables
 
-    def _beta(self, x_hat: tf.Tensor, training, weights) -> tf.Tensor:
+    def range(self, weights):
+        """The range of ``x̂``, the int8 pre-activation the sign reads."""
+        return observed_range(weights)
+
+    def _x_hat(self, x, weights):
+        lo, hi = self.range(weights)
+        return ops.fake_quant_affine(x, lo, hi, 8)
+
+    def observe(self, x, weights, observer=None):
+        (observer or self.observer).update(x, weights)
+        if self.scaled:
+            batch = tf.reduce_mean(tf.abs(self._x_hat(x, weights)))
+            first = tf.equal(weights["count"], 1)  # the range observer counted this batch already
+            weights["beta"].assign(tf.where(first, batch, self.decay * weights["beta"] + (1 - self.decay) * batch))
+
+    def _beta(self, weights) -> tf.Tensor:
         if not self.scaled:
             return tf.constant(1.0, tf.float32)
-        if is_training(training):
-            batch = tf.reduce_mean(tf.abs(x_hat))
-            first = tf.equal(weights["observed"], 1)  # the range observer counted this batch already
-            weights["beta"].assign(tf.where(first, batch, self.decay * weights["beta"] + (1 - self.decay) * batch))
         return tf.stop_gradient(tf.convert_to_tensor(weights["beta"]))
 
-    def __call__(self, inputs, training, weights, **kwargs):
-        x_hat = self._range(inputs, training, weights)
-        beta = self._beta(x_hat, training, weights)
+    def round(self, x, weights):
+        x_hat = self._x_hat(x, weights)
         b = ste_sign_positive(x_hat) if self.after_relu else ste_sign(x_hat)
-        return beta * b
+        return self._beta(weights) * b
+
+    def grid(self, weights) -> ops.Grid:
+        """The output grid: codes ``±1`` at scale ``β``, zero point 0."""
+        return ops.Grid(self._beta(weights), tf.constant(0.0, tf.float32), -1, 1)
+
+    def consumer_grid(self, weights) -> ops.Grid:
+        return self.grid(weights)
 
     def input_params(self, weights) -> ops.AffineParams:
         """The int8 grid of ``x̂``, the pre-activation the sign reads."""
-        return self._range.affine_params(weights)
+        return ops.nudged_grid(*self.range(weights), 8).to_params()
 
     def threshold_code(self, weights) -> int:
         """Smallest int8 code of ``x̂`` that maps to ``+1``: the zero point, or one above after a ReLU."""
@@ -365,7 +386,11 @@ class SignActivationQuantizer(ActivationQuantizer):
         return float(weights["beta"].numpy()) if self.scaled else 1.0
 
     def affine_params(self, weights) -> ops.AffineParams:
-        self.input_params(weights)  # raises if the range was never observed
+        if not bool(self.observed(weights)):
+            raise ValueError(
+                f"Activation range {weights['min'].name!r} was never observed: train the model "
+                "(fit) or run kerasq.calibrate(model, x) before exporting."
+            )
         beta = self.beta(weights)
         if not beta > 0:
             raise ValueError(
@@ -419,10 +444,10 @@ class Binary(Scheme):
             )
         self.activation_bits = 1 if self.method in BINARY_ACTIVATION_METHODS else 8
 
-    def weight_quantizer(self, layer):
+    def weight_quantizer(self, layer, weight):
         if self.method in CLIPPED_METHODS:
             set_weight_clip(layer, 1.0)
-        return BinaryWeightQuantizer(self.method, self.stochastic, channel_axes(layer) if self.per_channel else ())
+        return BinaryWeightQuantizer(self.method, self.stochastic, weight.channel_axes if self.per_channel else ())
 
     def activation_quantizer(self, layer, activation: ActivationSpec):
         if self.method in BINARY_ACTIVATION_METHODS:

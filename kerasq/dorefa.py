@@ -21,7 +21,7 @@ import numpy as np
 
 from kerasq import ops
 from kerasq.compat import tf
-from kerasq.layers import ActivationSpec, channel_axes
+from kerasq.activations import ActivationSpec
 from kerasq.quantizers import ActivationQuantizer, MovingAverageQuantizer, WeightGrid, WeightQuantizer
 from kerasq.registry import register
 from kerasq.schemes.base import Scheme
@@ -182,6 +182,15 @@ class DoReFaWeightQuantizer(WeightQuantizer):
         codes, scale = dorefa_weight_codes(inputs, self.bits, self.channel_axes)
         return codes * scale
 
+    @property
+    def grid_bits(self) -> int:
+        return self.bits + 1
+
+    def scale(self, w, weights):
+        w = tf.convert_to_tensor(w, tf.float32)
+        _, scale = dorefa_weight_codes(w, self.bits, self.channel_axes)
+        return tf.reshape(scale, [1] * len(w.shape))
+
     def integer_grid(self, w, weights) -> WeightGrid:
         codes, scale = dorefa_weight_codes(tf.convert_to_tensor(w), self.bits, self.channel_axes)
         scale = np.full([1] * len(codes.shape), scale.numpy(), np.float32)
@@ -224,11 +233,11 @@ class DoReFaActivationQuantizer(ActivationQuantizer):
         self.gradient_bits = None if gradient_bits is None else int(gradient_bits)
         self.seed = None if seed is None else int(seed)
 
-    def __call__(self, inputs, training, weights, **kwargs):
-        return dorefa_activation(inputs, self.bits, self.gradient_bits, self.seed)
+    def range(self, weights):
+        return tf.constant(0.0, tf.float32), tf.constant(1.0, tf.float32)
 
-    def affine_params(self, weights) -> ops.AffineParams:
-        return ops.nudged_affine(0.0, 1.0, self.bits)
+    def round(self, x, weights):
+        return dorefa_activation(x, self.bits, self.gradient_bits, self.seed)
 
     def get_config(self) -> dict[str, Any]:
         return {"bits": self.bits, "gradient_bits": self.gradient_bits, "seed": self.seed}
@@ -270,8 +279,8 @@ class DoReFa(Scheme):
         self.gradient_bits = None if gradient_bits is None else int(gradient_bits)
         self.per_channel = bool(per_channel)
 
-    def weight_quantizer(self, layer):
-        return DoReFaWeightQuantizer(self.weight_bits, channel_axes(layer) if self.per_channel else ())
+    def weight_quantizer(self, layer, weight):
+        return DoReFaWeightQuantizer(self.weight_bits, weight.channel_axes if self.per_channel else ())
 
     def activation_quantizer(self, layer, activation: ActivationSpec):
         if activation.kind == "relu":

@@ -38,11 +38,19 @@ class LayerGraph:
 
     @classmethod
     def from_model(cls, model: keras.Model) -> "LayerGraph":
-        if not isinstance(model, keras.Model) or type(model).__name__ not in ("Sequential", "Functional", "Model"):
+        if isinstance(model, keras.Sequential):
+            cls._check_built(model)
+            return cls._from_sequential(model)
+        if not isinstance(model, keras.Model) or not getattr(model, "_is_graph_network", False):
             raise ValueError(
                 "kerasq needs a tf_keras Sequential or Functional model (subclassed models have no "
                 f"inspectable graph). Received: {type(model).__module__}.{type(model).__name__}"
             )
+        cls._check_built(model)
+        return cls._from_functional(model)
+
+    @staticmethod
+    def _check_built(model: keras.Model) -> None:
         if not model.built or not model.inputs:
             raise ValueError(
                 f"Model {model.name!r} has no defined input shape; build it with an Input layer or input_shape."
@@ -50,11 +58,6 @@ class LayerGraph:
         for layer in model.layers:
             if isinstance(layer, keras.Model):
                 raise ValueError(f"Nested model {layer.name!r} is not supported; flatten it into the outer model.")
-            if len(getattr(layer, "_inbound_nodes", [])) > 1 and not isinstance(model, keras.Sequential):
-                raise ValueError(f"Layer {layer.name!r} is called more than once (shared layer); this is not supported.")
-        if isinstance(model, keras.Sequential):
-            return cls._from_sequential(model)
-        return cls._from_functional(model)
 
     @classmethod
     def _from_sequential(cls, model: keras.Sequential) -> "LayerGraph":
@@ -70,29 +73,35 @@ class LayerGraph:
 
     @classmethod
     def _from_functional(cls, model: keras.Model) -> "LayerGraph":
-        config = model.get_config()
+        """Read the graph from the model's own call records (``_inbound_nodes`` and Keras history)."""
+        network_nodes = model._network_nodes  # the calls that belong to this model
         inputs, dtypes, nodes = {}, {}, []
-        input_names = [entry[0] for entry in config["input_layers"]]
-        for layer_config in config["layers"]:
-            layer = model.get_layer(layer_config["name"])
+        for layer in model.layers:
+            calls = [
+                node
+                for index, node in enumerate(layer._inbound_nodes)
+                if f"{layer.name}_ib-{index}" in network_nodes and not node.is_input
+            ]
             if isinstance(layer, keras.layers.InputLayer):
                 inputs[layer.name] = tuple(layer.output_shape[0][1:] if isinstance(layer.output_shape, list) else layer.output_shape[1:])
                 dtypes[layer.name] = layer.dtype
                 continue
-            inbound_nodes = layer_config["inbound_nodes"]
-            if len(inbound_nodes) != 1:
-                raise ValueError(f"Layer {layer.name!r} is called {len(inbound_nodes)} times; shared layers are not supported.")
+            if len(calls) != 1:
+                raise ValueError(f"Layer {layer.name!r} is called {len(calls)} times (a shared layer); this is not supported.")
             inbound = []
-            for entry in inbound_nodes[0]:
-                source, node_index, tensor_index = entry[0], entry[1], entry[2]
-                if node_index != 0 or tensor_index != 0:
-                    raise ValueError(f"Layer {layer.name!r} reads output {tensor_index} of call {node_index} of {source!r}; not supported.")
-                inbound.append(source)
+            for tensor in calls[0].keras_inputs:
+                producer, _, tensor_index = tensor._keras_history
+                if tensor_index != 0:
+                    raise ValueError(
+                        f"Layer {layer.name!r} reads output {tensor_index} of the multi-output layer "
+                        f"{producer.name!r}; multi-output layers are not supported."
+                    )
+                inbound.append(producer.name)
             nodes.append(Node(layer, inbound))
-        missing = [n for n in input_names if n not in inputs]
+        outputs = [tensor._keras_history[0].name for tensor in model.outputs]
+        missing = [t._keras_history[0].name for t in model.inputs if t._keras_history[0].name not in inputs]
         if missing:
             raise ValueError(f"Model inputs {missing} were not found among the model layers.")
-        outputs = [entry[0] for entry in config["output_layers"]]
         return cls(inputs, dtypes, nodes, outputs, model.name)
 
     def node(self, name: str) -> Node:
@@ -115,16 +124,17 @@ class LayerGraph:
             consumer.inbound = [source if n == name else n for n in consumer.inbound]
         self.outputs = [source if n == name else n for n in self.outputs]
 
-    def build(self, name: str | None = None) -> keras.Model:
-        """A Functional model applying the nodes' layers in order."""
+    def build(self, name: str | None = None, model_class: type | None = None, **kwargs) -> keras.Model:
+        """A Functional model (of ``model_class``, default ``keras.Model``) applying the nodes' layers in order."""
         tensors = {n: keras.Input(shape=s, name=n, dtype=self.input_dtypes[n]) for n, s in self.inputs.items()}
         model_inputs = list(tensors.values())
         for node in self.nodes:
             args = [tensors[n] for n in node.inbound]
             tensors[node.name] = node.layer(args[0] if len(args) == 1 else args)
         outputs = [tensors[n] for n in self.outputs]
-        return keras.Model(
+        return (model_class or keras.Model)(
             model_inputs if len(model_inputs) > 1 else model_inputs[0],
             outputs if len(outputs) > 1 else outputs[0],
             name=name or self.name,
+            **kwargs,
         )

@@ -165,6 +165,10 @@ class KMeansQuantizer(WeightQuantizer):
         straight_through = shared - tf.stop_gradient(shared)
         return tf.stop_gradient(deployed) + straight_through + 0.0 * (w - tf.stop_gradient(w))
 
+    def scale(self, w, weights):
+        _, scale = codebook_codes(weights["codebook"])
+        return tf.reshape(scale, [1] * len(w.shape))
+
     def integer_grid(self, w, weights) -> WeightGrid:
         codes, scale = codebook_codes(weights["codebook"])
         kernel_codes = tf.gather(codes, weights["assignments"]).numpy().astype(np.int32)
@@ -197,7 +201,7 @@ class KMeans(Scheme):
         self.clusters = _check_clusters(clusters)
         self.weight_bits = math.ceil(math.log2(self.clusters))
 
-    def weight_quantizer(self, layer):
+    def weight_quantizer(self, layer, weight):
         return KMeansQuantizer(self.clusters)
 
     def get_config(self):

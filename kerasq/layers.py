@@ -1,172 +1,237 @@
 """Keras layers that carry quantizers: ``QuantizedLayer`` (a wrapper) and ``QuantizeInput``.
 
-``QuantizedLayer`` runs the wrapped layer with its kernel replaced by ``Q(kernel)``, then the
-activation, with fake quantization where the integer model rounds:
+``QuantizedLayer`` runs the wrapped layer as the integer model will:
 
-    y = A_q( act( P_q( z + sign(z)·r ) ) ),   z = layer(x; Q(W)·f)
+    z = layer(x; Q(W)·f, Q_b(b))          weights on their grids, bias on the int32 grid s_in·s_w
+    z = R(z)                               the target runtime's requantization (kerasq.runtimes)
+    y = A_q( act( P_q(z) ) )               fake quantization of the output
 
-``r`` (``rounding_offset``, per output channel, zero unless the exporter sets it) reproduces
-a runtime's rounding: TFLite's built-in kernels requantize with two roundings, and for
-non-negative values ``round(round(v·2^k)/2^k)`` equals ``floor(v + 1/2 + 2^-(k+1))``: one
-rounding of ``v`` shifted by ``2^-(k+1)`` output steps. Adding ``sign(z)·r`` before the output
-quantizer makes Keras round where the integer model does.
+- ``Q`` are the scheme's weight quantizers (one per weight of the layer type, see
+  ``kerasq.layer_table``); ``f`` an optional trainable per-output-channel scale, the ``γ/σ``
+  of a BatchNormalization folded into the layer (kept outside ``Q`` so a per-tensor scheme
+  quantizes the layer's own weights as its paper does; the .tflite multiplies it into the
+  per-channel weight scales).
+- ``Q_b`` rounds the bias onto ``s_in·s_w[c]``, the int32 grid TFLite adds it on, with
+  ``s_in`` the grid of the layer's input. The layer knows that grid through its *links*
+  (``kerasq.model.link``): the layer whose output grid it reads, found when ``quantize_model``
+  builds the model and again whenever it is loaded.
+- ``R`` reproduces the integer kernel's rounding where it differs from rounding the float
+  result once (two-step requantization of INT4 convolutions, ADD's fixed-point multipliers,
+  MEAN's arithmetic): the layer's *target* (``kerasq.runtimes.Target``) says which runtime.
+- ``P_q`` (pre-activation) exists only for activations TFLite runs as a separate op (softmax,
+  sigmoid, tanh); for the fusable ones (linear, ReLU, capped ReLU) ``A_q`` alone rounds the
+  output, exactly as a fused int8 kernel does.
 
-``f`` is an optional trainable per-output-channel scale: the ``γ/σ`` of a BatchNormalization
-folded into the layer. Keeping it outside ``Q`` lets a per-tensor scheme (BWN, TWN, DoReFa)
-quantize the layer's own weights as its paper does, with batch norm after the convolution,
-while the integer model still has a single op: ``f`` multiplies the per-channel weight scales.
-
-``P_q`` (pre-activation) exists only for activations TFLite runs as a separate op (softmax,
-sigmoid, tanh); for the fusable ones (linear, ReLU, ReLU with a cap) ``A_q`` alone rounds the
-output, exactly as a fused int8 kernel does.
+Observing (statistics) and rounding are separate steps: during ``fit`` a layer observes then
+rounds; in inference it rounds only; under ``kerasq.calibrate`` it observes and does not round
+(``quantization_mode``). A range never observed leaves that output unrounded in inference,
+so a fresh, uncalibrated model computes like the float model instead of at chance.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
-from kerasq import ops
+from kerasq import ops, runtimes
+from kerasq.activations import ActivationSpec
 from kerasq.compat import keras, tf
-from kerasq.registry import register
+from kerasq.layer_table import rule_for
+from kerasq.observers import Observer
 from kerasq.quantizers import (
     ActivationQuantizer,
-    FixedRangeQuantizer,
     MovingAverageQuantizer,
     Quantizer,
     WeightGrid,
     WeightQuantizer,
     deserialize,
+    is_training,
     serialize,
 )
+from kerasq.registry import register
 
-# Fixed int8 output grids TFLite uses for its non-fusable activation kernels.
-_FIXED_OUTPUT_RANGES = {"softmax": (0.0, 255.0 / 256.0), "sigmoid": (0.0, 255.0 / 256.0), "tanh": (-1.0, 127.0 / 128.0)}
+# Largest symmetric code of each weight storage type (zero point 0).
+STORAGE_LIMITS = {"int4": 7, "int8": 127}
 
 
 @dataclass(frozen=True)
-class ActivationSpec:
-    """An activation kerasq can quantize: ``linear``, ``relu`` (optionally capped), softmax, sigmoid, tanh.
+class Mode:
+    """What a quantized layer does in a call: ``observe`` statistics, ``round`` values.
 
-    ``relu`` with ``max_value=6`` is ReLU6, with ``max_value=1`` ReLU1 (``min(max(x, 0), 1)``).
+    ``observe=None`` observes in training only. ``observer`` replaces the quantizers' own
+    observers while it is set (``kerasq.calibrate`` uses a min/max observer).
     """
 
-    kind: str = "linear"
-    max_value: float | None = None
-
-    KINDS = ("linear", "relu", "softmax", "sigmoid", "tanh")
-
-    def __post_init__(self):
-        if self.kind not in self.KINDS:
-            raise ValueError(f"Unsupported activation {self.kind!r}; kerasq quantizes {', '.join(self.KINDS)}.")
-        if self.max_value is not None and (self.kind != "relu" or self.max_value <= 0):
-            raise ValueError(f"max_value applies to a positive ReLU cap only. Received: {self}")
-
-    @classmethod
-    def from_keras(cls, activation: Any) -> "ActivationSpec":
-        """From a Keras activation (function, name, ``ReLU``/``Activation``/``Softmax`` layer)."""
-        if isinstance(activation, ActivationSpec):
-            return activation
-        if isinstance(activation, dict):
-            return cls(**activation)
-        if isinstance(activation, keras.layers.ReLU):
-            cfg = activation.get_config()
-            if cfg.get("negative_slope") or cfg.get("threshold"):
-                raise ValueError(f"ReLU layer {activation.name!r} with a negative slope or threshold is not supported.")
-            cap = cfg.get("max_value")
-            return cls("relu", None if cap is None else float(cap))
-        if isinstance(activation, keras.layers.Softmax):
-            if activation.get_config().get("axis", -1) not in (-1,):
-                raise ValueError(f"Softmax layer {activation.name!r} must act on the last axis.")
-            return cls("softmax")
-        if isinstance(activation, keras.layers.Activation):
-            activation = activation.activation
-        name = activation if isinstance(activation, str) else keras.activations.serialize(activation)
-        if isinstance(name, dict):  # Keras may serialize a function as a config dict
-            name = name.get("config", name.get("class_name"))
-        if name is None:
-            name = "linear"
-        if name == "relu6":
-            return cls("relu", 6.0)
-        return cls(str(name))
-
-    @property
-    def fusable(self) -> bool:
-        """True when int8 kernels apply it inside the preceding op (clamp of the output range)."""
-        return self.kind in ("linear", "relu")
-
-    def output_quantizer(self) -> FixedRangeQuantizer | None:
-        """The fixed output grid of a non-fusable activation, None for fusable ones."""
-        if self.kind in _FIXED_OUTPUT_RANGES:
-            return FixedRangeQuantizer(*_FIXED_OUTPUT_RANGES[self.kind])
-        return None
-
-    def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        if self.kind == "linear":
-            return x
-        if self.kind == "relu":
-            return tf.nn.relu(x) if self.max_value is None else tf.clip_by_value(x, 0.0, self.max_value)
-        return {"softmax": tf.nn.softmax, "sigmoid": tf.sigmoid, "tanh": tf.tanh}[self.kind](x)
-
-    def to_config(self) -> dict[str, Any]:
-        return asdict(self)
+    observe: bool | None = None
+    round: bool = True
+    observer: Observer | None = None
 
 
-def kernel_attribute(layer: keras.layers.Layer) -> str | None:
-    """Name of the attribute holding the kernel a weight quantizer replaces."""
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        return "depthwise_kernel"
-    if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
-        return "kernel"
-    return None
+DEFAULT_MODE = Mode()
 
 
-def channel_axes(layer: keras.layers.Layer) -> tuple[int, ...]:
-    """Kernel axes of the output channels: ``(-1,)`` for Conv2D/Dense, ``(2, 3)`` for depthwise."""
-    return (2, 3) if isinstance(layer, keras.layers.DepthwiseConv2D) else (-1,)
+@dataclass
+class Links:
+    """What a quantized layer knows about the model around it (set by ``kerasq.model.link``).
+
+    ``inputs``: for each input, the layer whose output grid it is on (a ``QuantizeInput`` or a
+    ``QuantizedLayer``, found through layers that keep their input's grid); ``group``: the
+    layers whose outputs share one grid with this one (a Concatenate's inputs), this one
+    included, or empty; ``target``: the runtime the model matches.
+    """
+
+    inputs: list
+    group: list
+    target: runtimes.Target
+
+
+def _deserialize(value):
+    return deserialize(value) if isinstance(value, dict) else value
+
+
+def storage_of(bits: int, target: runtimes.Target) -> str:
+    """``"int4"`` for grids of at most 4 bits when the target packs INT4, else ``"int8"``."""
+    return "int4" if target.pack_int4 and bits <= 4 else "int8"
+
+
+def storage_widening(peak: int, storage: str) -> int:
+    """The power of two ``k`` the exporter multiplies codes by: the largest with ``peak·k <= limit``."""
+    limit = STORAGE_LIMITS[storage]
+    k = 1
+    while peak and peak * k * 2 <= limit:
+        k *= 2
+    return k
+
+
+def _storage_widening_tf(codes: tf.Tensor, storage: str) -> tf.Tensor:
+    """``storage_widening`` of ``max|codes|`` as a float32 tensor."""
+    limit = STORAGE_LIMITS[storage]
+    peak = tf.reduce_max(tf.abs(codes))
+    powers = tf.constant([2.0**j for j in range(8)], tf.float32)
+    return tf.reduce_max(tf.where(peak * powers <= limit, powers, 1.0))
+
+
+class _GridOutput:
+    """The output grid of a kerasq layer as its consumers read it (mixin of both layers)."""
+
+    _links: Links | None = None
+
+    def output_quantizer(self) -> ActivationQuantizer | None:
+        raise NotImplementedError
+
+    def _output_state(self) -> dict:
+        """The output quantizer's statistics; for a shared grid, merged over the group (union)."""
+        own = self._output_variables()
+        group = self._links.group if self._links is not None else []
+        if len(group) < 2:
+            return own
+        states = [member._output_variables() for member in group]
+        counts = tf.stack([tf.convert_to_tensor(s["count"]) for s in states])
+        seen = counts > 0
+        big = tf.constant(np.finfo(np.float32).max, tf.float32)
+        lows = tf.stack([tf.convert_to_tensor(s["min"]) for s in states])
+        highs = tf.stack([tf.convert_to_tensor(s["max"]) for s in states])
+        low = tf.reduce_min(tf.where(seen, lows, big))
+        high = tf.reduce_max(tf.where(seen, highs, -big))
+        any_seen = tf.reduce_any(seen)
+        return {
+            "min": tf.where(any_seen, low, 0.0),
+            "max": tf.where(any_seen, high, 0.0),
+            "count": tf.reduce_max(counts),
+        }
+
+    def _output_variables(self) -> dict:
+        raise NotImplementedError
+
+    def output_grid(self) -> ops.Grid:
+        """The grid the layers reading this output see (TF tensors)."""
+        return self.output_quantizer().consumer_grid(self._output_state())
+
+    def output_observed(self) -> tf.Tensor | bool:
+        return self.output_quantizer().observed(self._output_state())
+
+    def output_params(self) -> ops.AffineParams:
+        """The output grid as numbers (as the .tflite stores it, before widening for consumers)."""
+        return self.output_quantizer().affine_params(self._output_state())
+
+
+def _round_unless_unobserved(ready, rounded, unrounded):
+    """``rounded()`` if ``ready`` (a bool or bool tensor), else ``unrounded()`` (inference of a range never observed)."""
+    if isinstance(ready, bool):
+        return rounded() if ready else unrounded()
+    return tf.cond(ready, rounded, unrounded)
 
 
 @register("layer")
-class QuantizedLayer(keras.layers.Wrapper):
-    """A Keras layer run with quantized weights and fake-quantized outputs.
+class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
+    """A Keras layer run with quantized weights and bias, the runtime's rounding and fake-quantized outputs.
 
     Args:
-      layer: the float layer (its own activation must be linear; the wrapper applies ``activation``).
-      weight_quantizer: quantizer of the kernel, or None for layers without one (Add, pooling).
+      layer: the float layer, of a class in ``kerasq.layer_table`` (its own activation must be
+        linear; the wrapper applies ``activation``).
+      weight_quantizers: ``{attribute: quantizer}`` for the layer's weights (Conv2D:
+        ``{"kernel": ...}``), or None for layers without weights (Add, pooling).
       activation: an ``ActivationSpec`` (or its config / a Keras activation).
       activation_quantizer: rounds the output after the activation.
       pre_activation_quantizer: rounds the input of a non-fusable activation (softmax' logits).
       channel_scale: give the layer a trainable per-output-channel factor ``f`` (initial 1) that
         multiplies the quantized kernel; ``quantize_model`` sets it to a folded BatchNormalization's
         ``γ/σ``. Exported as part of the per-channel weight scales.
+      grid_group: names of the layers whose outputs share one grid with this one (the inputs
+        of a Concatenate), this one included; empty for an own grid.
+      weight_quantizer: shorthand for ``weight_quantizers`` with the layer type's first weight.
     The wrapper takes the wrapped layer's name unless ``name`` is given, so
     ``qmodel.get_layer("conv1")`` finds the quantized ``conv1``.
     """
 
+    VERSION = 2
+    reads_float = False
+
     def __init__(
         self,
         layer: keras.layers.Layer,
-        weight_quantizer: WeightQuantizer | dict | None = None,
+        weight_quantizers: dict[str, WeightQuantizer | dict] | None = None,
         activation: ActivationSpec | dict | str | None = None,
         activation_quantizer: ActivationQuantizer | dict | None = None,
         pre_activation_quantizer: ActivationQuantizer | dict | None = None,
         channel_scale: bool = False,
+        grid_group: list[str] | tuple[str, ...] = (),
+        weight_quantizer: WeightQuantizer | dict | None = None,
+        version: int = VERSION,
         **kwargs,
     ):
         kwargs.setdefault("name", layer.name)
         super().__init__(layer, **kwargs)
-        self.weight_quantizer = deserialize(weight_quantizer) if isinstance(weight_quantizer, dict) else weight_quantizer
+        if int(version) > self.VERSION:
+            raise ValueError(
+                f"QuantizedLayer {self.name!r} was saved by a newer kerasq (state version {version}); "
+                f"this one reads up to version {self.VERSION}."
+            )
+        self.rule = rule_for(layer)
+        if self.rule is None or self.rule.role not in ("weight", "own_grid"):
+            raise ValueError(
+                f"QuantizedLayer wraps layers with weights or an own output grid (see kerasq.layer_table); "
+                f"{type(layer).__name__} {layer.name!r} is not one. Received: layer={type(layer).__name__}"
+            )
+        quantizers = dict(weight_quantizers or {})
+        if weight_quantizer is not None:
+            if not self.rule.weights:
+                raise ValueError(f"Layer {layer.name!r} ({type(layer).__name__}) has no kernel to quantize.")
+            quantizers.setdefault(self.rule.weights[0].attribute, weight_quantizer)
+        known = [w.attribute for w in self.rule.weights]
+        unknown = sorted(set(quantizers) - set(known))
+        if unknown:
+            raise ValueError(
+                f"Layer {layer.name!r} ({type(layer).__name__}) has no quantizable weights {unknown}; "
+                f"its weights are {known}. Received: weight_quantizers={sorted(quantizers)}"
+            )
+        self.weight_quantizers: dict[str, WeightQuantizer] = {
+            attr: _deserialize(quantizers[attr]) for attr in known if quantizers.get(attr) is not None
+        }
         self.activation = ActivationSpec.from_keras(activation or "linear")
-        self.activation_quantizer = (
-            deserialize(activation_quantizer) if isinstance(activation_quantizer, dict) else activation_quantizer
-        )
-        self.pre_activation_quantizer = (
-            deserialize(pre_activation_quantizer)
-            if isinstance(pre_activation_quantizer, dict)
-            else pre_activation_quantizer
-        )
+        self.activation_quantizer = _deserialize(activation_quantizer)
+        self.pre_activation_quantizer = _deserialize(pre_activation_quantizer)
         inner_activation = getattr(layer, "activation", None)
         if inner_activation is not None and ActivationSpec.from_keras(inner_activation).kind != "linear":
             raise ValueError(
@@ -174,31 +239,26 @@ class QuantizedLayer(keras.layers.Wrapper):
                 "pass the activation to the wrapper. Received: "
                 f"activation={keras.activations.serialize(inner_activation)!r}"
             )
-        if self.weight_quantizer is not None and kernel_attribute(layer) is None:
-            raise ValueError(f"Layer {layer.name!r} ({type(layer).__name__}) has no kernel to quantize.")
-        if channel_scale and self.weight_quantizer is None:
+        if channel_scale and not self.weight_quantizers:
             raise ValueError(f"Layer {layer.name!r}: channel_scale needs a weight quantizer to scale.")
         self.has_channel_scale = bool(channel_scale)
+        self.grid_group = [str(name) for name in grid_group]
         self.channel_scale: tf.Variable | None = None
-        self.rounding_offset: tf.Variable | None = None
-        self._weight_vars: dict[str, tf.Variable] = {}
+        object.__setattr__(self, "quantization_mode", DEFAULT_MODE)
+        self._weight_vars: dict[str, dict[str, tf.Variable]] = {}
         self._activation_vars: dict[str, tf.Variable] = {}
         self._pre_activation_vars: dict[str, tf.Variable] = {}
+        object.__setattr__(self, "_links", None)
 
+    # --- building -----------------------------------------------------------------------------
     def build(self, input_shape):
         if not self.layer.built:
             self.layer.build(input_shape)
-        if self.weight_quantizer is not None:
-            attr = kernel_attribute(self.layer)
-            kernel_shape = getattr(self.layer, attr).shape
-            self._weight_vars = self.weight_quantizer.build(kernel_shape, attr, self)
-            if self.has_channel_scale:
-                self.channel_scale = self.add_weight(
-                    "channel_scale", shape=self._channel_shape(kernel_shape), initializer="ones", trainable=True
-                )
-            channels = int(np.prod(self._channel_shape(kernel_shape)))
-            self.rounding_offset = self.add_weight(
-                "rounding_offset", shape=(channels,), initializer="zeros", trainable=False
+        for attr, quantizer in self.weight_quantizers.items():
+            self._weight_vars[attr] = quantizer.build(getattr(self.layer, attr).shape, attr, self)
+        if self.has_channel_scale:
+            self.channel_scale = self.add_weight(
+                "channel_scale", shape=self._channel_shape(), initializer="ones", trainable=True
             )
         output_shape = self.layer.compute_output_shape(input_shape)
         if self.pre_activation_quantizer is not None:
@@ -210,43 +270,194 @@ class QuantizedLayer(keras.layers.Wrapper):
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
 
+    # --- the forward pass -------------------------------------------------------------------------
     def call(self, inputs, training=None):
         if training is None:
             training = keras.backend.learning_phase()
-        if self.weight_quantizer is None:
-            outputs = self.layer.call(inputs)
-        else:
-            attr = kernel_attribute(self.layer)
-            kernel = getattr(self.layer, attr)
-            quantized = self._scaled(self.weight_quantizer(kernel, training, weights=self._weight_vars))
-            # Bypass Keras attribute tracking: the swap lasts for this call only.
-            object.__setattr__(self.layer, attr, quantized)
-            try:
-                outputs = self.layer.call(inputs)
-            finally:
-                object.__setattr__(self.layer, attr, kernel)
-            outputs = outputs + tf.sign(outputs) * self.rounding_offset
+        mode = self.quantization_mode
+        observe = is_training(training) if mode.observe is None else mode.observe
+        if self._links is None:  # symbolic construction of the model: shapes only
+            return self.activation(self._float_call(inputs))
+        if not mode.round:
+            z = self._float_call(inputs)
+            if observe:
+                self._observe(z, mode.observer)
+            return self._unrounded_output(z)
+        if observe:
+            z_float = self._quantized_call(inputs, training, observe)
+            self._observe(z_float, mode.observer)
+            return self._rounded_output(z_float, inputs)
+        return _round_unless_unobserved(
+            self._ready(),
+            lambda: self._rounded_output(self._quantized_call(inputs, training, observe), inputs),
+            lambda: self._unrounded_output(self._float_call(inputs)),
+        )
+
+    def _float_call(self, inputs):
+        """The float layer (with the folded batch-norm scale ``f`` on its kernel), nothing rounded."""
+        if self.channel_scale is None:
+            return self.layer.call(inputs)
+        kernel = self.kernel
+        object.__setattr__(self.layer, self.primary_weight, self._scaled(kernel))
+        try:
+            return self.layer.call(inputs)
+        finally:
+            object.__setattr__(self.layer, self.primary_weight, kernel)
+
+    def _quantized_call(self, inputs, training, observe: bool):
+        """The wrapped layer with quantized weights and bias (weightless layers: as they are)."""
+        if not self.weight_quantizers:
+            return self.layer.call(inputs)
+        swapped, bias_codes_scale = self._quantized_weights(training, with_bias_scale=True)
+        if getattr(self.layer, "use_bias", False):
+            bias = self.layer.bias
+            swapped["bias"] = bias + tf.stop_gradient(quantize_bias(bias, bias_codes_scale) - bias)
+        originals = {attr: getattr(self.layer, attr) for attr in swapped}
+        try:  # bypass Keras attribute tracking: the swap lasts for this call only
+            for attr, value in swapped.items():
+                object.__setattr__(self.layer, attr, value)
+            return self.layer.call(inputs)
+        finally:
+            for attr, value in originals.items():
+                object.__setattr__(self.layer, attr, value)
+
+    def _quantized_weights(self, training, with_bias_scale: bool = False):
+        """``{attribute: Q(w)}`` (``Q(W)·f`` for the primary kernel) and, if asked, the bias grid ``s_in·s_w``."""
+        swapped = {}
+        for attr, quantizer in self.weight_quantizers.items():
+            swapped[attr] = quantizer(getattr(self.layer, attr), training, weights=self._weight_vars[attr])
+        primary = self.primary_weight
+        swapped[primary] = self._scaled(swapped[primary])
+        if not with_bias_scale:
+            return swapped
+        return swapped, self._input_grid().scale * self._weight_scales()
+
+    def _observe(self, z, observer):
+        """Fold this call's float output into the statistics of the output quantizer(s)."""
         if self.pre_activation_quantizer is not None:
-            outputs = self.pre_activation_quantizer(outputs, training, weights=self._pre_activation_vars)
-        outputs = self.activation(outputs)
+            self.pre_activation_quantizer.observe(z, self._pre_activation_vars, observer)
+            z = self.pre_activation_quantizer.round(z, self._pre_activation_vars)
         if self.activation_quantizer is not None:
-            outputs = self.activation_quantizer(outputs, training, weights=self._activation_vars)
-        return outputs
+            self.activation_quantizer.observe(self.activation(z), self._activation_vars, observer)
+
+    def _rounded_output(self, z, inputs):
+        op_quantizer, op_state = self._op_output()
+        z = self._requantize(z, inputs, op_quantizer.grid(op_state))
+        if self.pre_activation_quantizer is not None:
+            z = self.pre_activation_quantizer.round(z, self._pre_activation_vars)
+        y = self.activation(z)
+        if self.activation_quantizer is not None:
+            y = self.activation_quantizer.round(y, self._output_state())
+        return y
+
+    def _unrounded_output(self, z):
+        return self.activation(z)
+
+    def _op_output(self) -> tuple[ActivationQuantizer, dict]:
+        """The quantizer (and state) of the op's own output: pre-activation, else the output quantizer."""
+        if self.pre_activation_quantizer is not None:
+            return self.pre_activation_quantizer, self._pre_activation_vars
+        return self.activation_quantizer, self._output_state()
+
+    def _ready(self):
+        """Whether every grid this layer rounds with (its inputs', its own) was observed."""
+        flags = [source.output_observed() for source in self._links.inputs]
+        flags.append(self.activation_quantizer.observed(self._output_state()))
+        if self.pre_activation_quantizer is not None:
+            flags.append(self.pre_activation_quantizer.observed(self._pre_activation_vars))
+        tensors = [tf.convert_to_tensor(f) for f in flags if not isinstance(f, bool)]
+        if any(f is False for f in flags):
+            return False
+        return tf.reduce_all(tf.stack(tensors)) if tensors else True
+
+    # --- the runtime's rounding -------------------------------------------------------------------
+    def _requantize(self, z, inputs, grid: ops.Grid):
+        """``z`` moved where the target runtime's integer kernel rounds it (see ``kerasq.runtimes``)."""
+        if getattr(self.activation_quantizer, "binary", False):
+            return z  # the exporter turns a sign decision into an exact accumulator test
+        target = self._links.target
+        if self.weight_quantizers:
+            modes = self.requantization_modes()
+            if not np.any(modes != runtimes.SINGLE):
+                return z
+            exact = runtimes.requantize_weight_op(z, self._input_grid().scale, self._stored_weight_scales(), grid.scale, modes)
+        elif isinstance(self.layer, keras.layers.Add):
+            grids = [source.output_grid() for source in self._links.inputs]
+            exact = runtimes.add(target, inputs[0], inputs[1], grids[0], grids[1], grid) * grid.scale
+        elif isinstance(self.layer, keras.layers.GlobalAveragePooling2D):
+            keepdims = bool(getattr(self.layer, "keepdims", False))
+            exact = runtimes.mean(target, inputs, self._input_grid(), grid, (1, 2), keepdims) * grid.scale
+        else:
+            return z
+        return z + tf.stop_gradient(exact - z)
+
+    def requantization_modes(self) -> np.ndarray:
+        """Per output channel, how the target runtime rounds this weight op (``kerasq.runtimes``)."""
+        storage = storage_of(self.weight_quantizer.grid_bits, self._links.target)
+        kernel_shape = [int(d) for d in self.kernel.shape]
+        channels = int(np.prod(self._channel_shape()))
+        input_depth = kernel_shape[-2] if len(kernel_shape) >= 2 else 1
+        return runtimes.weight_op_rounding(self._links.target, self.rule.op, storage, channels, input_depth)
+
+    def _stored_weight_scales(self) -> tf.Tensor:
+        """Per-channel weight scales as the .tflite stores them: ``|s·f|`` divided by the storage widening."""
+        storage = storage_of(self.weight_quantizer.grid_bits, self._links.target)
+        primary = self.kernel
+        variables = self._weight_vars[self.primary_weight]
+        unscaled = self.weight_quantizer(primary, False, weights=variables)
+        codes = tf.round(unscaled / self.weight_quantizer.scale(primary, variables))
+        return self._weight_scales() / _storage_widening_tf(codes, storage)
+
+    def _weight_scales(self) -> tf.Tensor:
+        """``|s·f|`` per output channel, float32 ``[channels]`` (``s`` where ``s·f`` is 0), as ``weight_grid``."""
+        primary = self.kernel
+        scale = self.weight_quantizer.scale(primary, self._weight_vars[self.primary_weight])
+        channel_shape = self._channel_shape()
+        rank = len(primary.shape)
+        scale = tf.broadcast_to(tf.reshape(scale, tf.shape(scale)[rank - len(channel_shape) :]), channel_shape)
+        if self.channel_scale is not None:
+            product = scale * self.channel_scale
+            scale = tf.where(product == 0.0, scale, tf.abs(product))
+        return tf.reshape(scale, [-1])
+
+    def _input_grid(self) -> ops.Grid:
+        return self._links.inputs[0].output_grid()
+
+    # --- state, read by kerasq.quantized_weights, calibration and tflite_export ---------------
+    @property
+    def primary_weight(self) -> str | None:
+        """The weight attribute whose output channels the layer's output has (``"kernel"``)."""
+        return self.rule.weights[0].attribute if self.rule.weights else None
+
+    @property
+    def weight_quantizer(self) -> WeightQuantizer | None:
+        """The quantizer of the primary weight (None for layers without weights)."""
+        return self.weight_quantizers.get(self.primary_weight) if self.primary_weight else None
 
     @property
     def weight_quantizer_variables(self) -> dict[str, tf.Variable]:
-        """The variables the weight quantizer built on this layer (e.g. a k-means codebook, an INQ mask)."""
-        return self._weight_vars
+        """The variables the primary weight's quantizer built (e.g. a k-means codebook, an INQ mask)."""
+        return self._weight_vars.get(self.primary_weight, {})
 
     @property
     def activation_quantizer_variables(self) -> dict[str, tf.Variable]:
-        """The variables of the activation quantizer (e.g. EMA ``min``/``max``, PACT ``alpha``)."""
+        """The variables of the output quantizer (e.g. observed ``min``/``max``, PACT ``alpha``)."""
+        return self._activation_vars
+
+    @property
+    def pre_activation_quantizer_variables(self) -> dict[str, tf.Variable]:
+        return self._pre_activation_vars
+
+    def output_quantizer(self) -> ActivationQuantizer | None:
+        return self.activation_quantizer
+
+    def _output_variables(self) -> dict:
         return self._activation_vars
 
     def initialize_quantizers(self) -> None:
-        """Let the weight quantizer derive its state from the current float kernel."""
-        if self.weight_quantizer is not None:
-            self.weight_quantizer.initialize(self.kernel, self._weight_vars)
+        """Let each weight quantizer derive its state from the current float weight."""
+        for attr, quantizer in self.weight_quantizers.items():
+            quantizer.initialize(getattr(self.layer, attr), self._weight_vars[attr])
 
     def initialize_channel_scale(self, factor: np.ndarray) -> None:
         """Start ``f`` at ``factor · c`` with ``c`` the least-squares gain of ``Q(W)`` onto ``W``.
@@ -266,20 +477,20 @@ class QuantizedLayer(keras.layers.Wrapper):
         gain = np.where(energy > 0, np.sum(kernel * quantized, axis=axes) / np.where(energy > 0, energy, 1.0), 1.0)
         self.channel_scale.assign((np.reshape(factor, gain.shape) * gain).astype(np.float32))
 
-    # --- integer form, read by kerasq.quantized_weights and tflite_export -------------------
     @property
     def kernel(self) -> tf.Variable | None:
-        attr = kernel_attribute(self.layer)
-        return None if attr is None else getattr(self.layer, attr)
+        """The primary float weight (Conv2D/Dense ``kernel``, DepthwiseConv2D ``depthwise_kernel``)."""
+        return None if self.primary_weight is None else getattr(self.layer, self.primary_weight)
 
-    def _channel_shape(self, kernel_shape) -> tuple[int, ...]:
+    def _channel_shape(self) -> tuple[int, ...]:
         """Shape of ``channel_scale``: ``[out]``, or ``[in, multiplier]`` for a depthwise kernel."""
-        kernel_shape = tuple(int(d) for d in kernel_shape)
-        return kernel_shape[2:] if isinstance(self.layer, keras.layers.DepthwiseConv2D) else kernel_shape[-1:]
+        shape = tuple(int(d) for d in self.kernel.shape)
+        axes = sorted(a % len(shape) for a in self.rule.weights[0].channel_axes)
+        return tuple(shape[a] for a in axes)
 
     def _inference_quantized(self) -> tf.Tensor:
         """``Q(kernel)`` in inference mode, before the channel scale."""
-        return self.weight_quantizer(self.kernel, False, weights=self._weight_vars)
+        return self.weight_quantizer(self.kernel, False, weights=self.weight_quantizer_variables)
 
     def _scaled(self, quantized: tf.Tensor) -> tf.Tensor:
         if self.channel_scale is None:
@@ -290,13 +501,30 @@ class QuantizedLayer(keras.layers.Wrapper):
         """``Q(kernel)·f`` as the inference forward pass uses it, float32, Keras kernel layout."""
         return np.asarray(self._scaled(self._inference_quantized()))
 
+    def _bias_step(self) -> tf.Tensor:
+        if self._links is None:
+            raise ValueError(f"Layer {self.name!r} is not linked to its model; see kerasq.model.link.")
+        return self._input_grid().scale * self._weight_scales()
+
+    def quantized_bias(self) -> np.ndarray | None:
+        """The bias as the forward pass adds it (on the int32 grid ``s_in·s_w``), float32 ``[channels]``."""
+        if not getattr(self.layer, "use_bias", False):
+            return None
+        return quantize_bias(self.layer.bias, self._bias_step()).numpy()
+
+    def bias_codes(self) -> np.ndarray:
+        """The int32 codes of ``quantized_bias`` on ``s_in·s_w[c]`` (zeros without a bias), int64 ``[channels]``."""
+        if not getattr(self.layer, "use_bias", False):
+            return np.zeros(channel_count(self), np.int64)
+        return bias_to_codes(self.layer.bias, self._bias_step()).numpy().astype(np.int64)
+
     def weight_grid(self) -> WeightGrid:
         """Codes and scale with ``codes * scale == quantized_kernel()`` (to float32 rounding with ``f``).
 
         With a channel scale the scale is per channel, ``|s·f|``; a channel with ``f < 0`` has its
         codes negated (zero point 0 keeps that exact), one with ``f == 0`` has all codes 0.
         """
-        grid = self.weight_quantizer.integer_grid(self.kernel, self._weight_vars)
+        grid = self.weight_quantizer.integer_grid(self.kernel, self.weight_quantizer_variables)
         if self.channel_scale is None:
             return grid
         factor = self.channel_scale.numpy().astype(np.float32)
@@ -307,7 +535,7 @@ class QuantizedLayer(keras.layers.Wrapper):
         return WeightGrid(codes, scale, grid.bits)
 
     def activation_params(self) -> ops.AffineParams:
-        return self.activation_quantizer.affine_params(self._activation_vars)
+        return self.output_params()
 
     def pre_activation_params(self) -> ops.AffineParams:
         return self.pre_activation_quantizer.affine_params(self._pre_activation_vars)
@@ -316,26 +544,53 @@ class QuantizedLayer(keras.layers.Wrapper):
         config = super().get_config()
         config.update(
             {
-                "weight_quantizer": serialize(self.weight_quantizer),
+                "weight_quantizers": {attr: serialize(q) for attr, q in self.weight_quantizers.items()},
                 "activation": self.activation.to_config(),
                 "activation_quantizer": serialize(self.activation_quantizer),
                 "pre_activation_quantizer": serialize(self.pre_activation_quantizer),
                 "channel_scale": self.has_channel_scale,
+                "grid_group": list(self.grid_group),
+                "version": self.VERSION,
             }
         )
         return config
 
 
-@register("layer")
-class QuantizeInput(keras.layers.Layer):
-    """Fake-quantizes the model input onto the int8 grid the exported model's input tensor uses."""
+def bias_to_codes(bias: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+    """``round(bias / step)`` (half to even), clamped to int32, as float32 (``step``: ``s_in·s_w[c]``)."""
+    return tf.clip_by_value(tf.round(bias / step), -(2.0**31), 2.0**31 - 1)
 
-    def __init__(self, quantizer: ActivationQuantizer | dict | None = None, **kwargs):
+
+def quantize_bias(bias: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+    """``bias`` rounded onto the grid ``step`` per channel, float32: what TFLite adds as int32 codes."""
+    return bias_to_codes(bias, step) * step
+
+
+@register("layer")
+class QuantizeInput(keras.layers.Layer, _GridOutput):
+    """Fake-quantizes a float tensor (a model input, or a layer kept in float) onto an observed int8 grid.
+
+    Observes the range (``MovingAverageQuantizer`` by default) in training and under
+    ``kerasq.calibrate``; while the range was never observed, inference passes values through.
+    The exported model's input tensor has this grid.
+
+    Args:
+      quantizer: the activation quantizer (an 8-bit ``MovingAverageQuantizer`` by default).
+      grid_group: names of the layers whose outputs share one grid with this one (Concatenate
+        inputs), this one included; empty for an own grid.
+    """
+
+    reads_float = True
+
+    def __init__(self, quantizer: ActivationQuantizer | dict | None = None, grid_group=(), **kwargs):
         super().__init__(**kwargs)
         if quantizer is None:
             quantizer = MovingAverageQuantizer(8)
-        self.quantizer: Quantizer = deserialize(quantizer) if isinstance(quantizer, dict) else quantizer
+        self.quantizer: Quantizer = _deserialize(quantizer)
+        self.grid_group = [str(name) for name in grid_group]
+        object.__setattr__(self, "quantization_mode", DEFAULT_MODE)
         self._vars: dict[str, tf.Variable] = {}
+        object.__setattr__(self, "_links", None)
 
     def build(self, input_shape):
         self._vars = self.quantizer.build(input_shape, "input", self)
@@ -344,10 +599,68 @@ class QuantizeInput(keras.layers.Layer):
     def call(self, inputs, training=None):
         if training is None:
             training = keras.backend.learning_phase()
-        return self.quantizer(inputs, training, weights=self._vars)
+        mode = self.quantization_mode
+        observe = is_training(training) if mode.observe is None else mode.observe
+        if observe:
+            self.quantizer.observe(inputs, self._vars, mode.observer)
+        if not mode.round or self._links is None:
+            return inputs
+        if observe:
+            return self._round(inputs)
+        return _round_unless_unobserved(self._ready(), lambda: self._round(inputs), lambda: tf.identity(inputs))
+
+    def _ready(self):
+        return self.quantizer.observed(self._output_state())
+
+    def _round(self, inputs):
+        return self.quantizer.round(inputs, self._output_state())
+
+    def output_quantizer(self) -> ActivationQuantizer:
+        return self.quantizer
+
+    def _output_variables(self) -> dict:
+        return self._vars
 
     def activation_params(self) -> ops.AffineParams:
-        return self.quantizer.affine_params(self._vars)
+        return self.output_params()
 
     def get_config(self):
-        return {**super().get_config(), "quantizer": serialize(self.quantizer)}
+        return {**super().get_config(), "quantizer": serialize(self.quantizer), "grid_group": list(self.grid_group)}
+
+
+@register("layer")
+class Requantize(QuantizeInput):
+    """Moves an int8 tensor onto another observed grid: TFLite's int8→int8 QUANTIZE.
+
+    ``quantize_model`` puts one before a Concatenate input whose grid cannot be shared (a
+    low-bit or fixed-range output): it observes the values it receives and rounds them as the
+    target runtime's QUANTIZE kernel does (``kerasq.runtimes.requantize``, exact on the codes).
+    """
+
+    reads_float = False
+
+    def _ready(self):
+        flags = [self._links.inputs[0].output_observed(), self.quantizer.observed(self._output_state())]
+        tensors = [tf.convert_to_tensor(f) for f in flags if not isinstance(f, bool)]
+        return tf.reduce_all(tf.stack(tensors)) if tensors else True
+
+    def _round(self, inputs):
+        grid = self.quantizer.grid(self._output_state())
+        exact = runtimes.requantize(self._links.target, inputs, self._links.inputs[0].output_grid(), grid) * grid.scale
+        return self.quantizer.round(inputs + tf.stop_gradient(exact - inputs), self._output_state())
+
+
+KERASQ_LAYERS = (QuantizedLayer, QuantizeInput)  # Requantize is a QuantizeInput
+
+
+def kerasq_layers(model: keras.Model) -> list:
+    """The kerasq layers of ``model`` (``QuantizedLayer`` and ``QuantizeInput``), in order."""
+    return [layer for layer in model.layers if isinstance(layer, KERASQ_LAYERS)]
+
+
+def channel_count(layer: QuantizedLayer) -> int:
+    """Output channels of a weight layer."""
+    return int(np.prod(layer._channel_shape()))
+
+
+__all__ = ["KERASQ_LAYERS", "Links", "Mode", "QuantizeInput", "QuantizedLayer", "Requantize", "kerasq_layers", "quantize_bias"]

@@ -113,6 +113,78 @@ def nudged_affine(min_value: float, max_value: float, bits: int = 8, storage_bit
     return AffineParams(float(scale), zero_point - offset, -offset, -offset + int(quant_max))
 
 
+class Grid(NamedTuple):
+    """An int8 activation grid as TensorFlow tensors, for use inside a forward pass.
+
+    ``scale`` (float32 scalar) and ``zero_point`` (float32 scalar holding the signed storage
+    code of real 0); valid codes ``[code_min, code_max]``. ``AffineParams`` is the same grid as
+    Python numbers, for export.
+    """
+
+    scale: tf.Tensor
+    zero_point: tf.Tensor
+    code_min: int
+    code_max: int
+
+    def to_params(self) -> AffineParams:
+        """The grid as Python numbers (eager tensors only)."""
+        return AffineParams(float(self.scale.numpy()), int(round(float(self.zero_point.numpy()))), self.code_min, self.code_max)
+
+    def values(self, codes: tf.Tensor) -> tf.Tensor:
+        """Real values ``(codes - zero_point)·scale`` of integer-valued float32 ``codes``."""
+        return (codes - self.zero_point) * self.scale
+
+
+def nudged_grid(min_value: tf.Tensor, max_value: tf.Tensor, bits: int = 8, storage_bits: int = 8) -> Grid:
+    """``nudged_affine`` in TensorFlow: the grid ``fake_quant_affine(x, min, max, bits)`` rounds onto.
+
+    The same float32 operations as TensorFlow's FakeQuant kernel (``Nudge()``) and as
+    ``nudged_affine``, so the scale and zero point agree bit for bit. The range must contain 0
+    and be non-empty (callers widen it).
+    """
+    min_value = tf.convert_to_tensor(min_value, tf.float32)
+    max_value = tf.convert_to_tensor(max_value, tf.float32)
+    quant_max = float(2**bits - 1)
+    scale = (max_value - min_value) / quant_max
+    zero_point_from_min = 0.0 - min_value / scale
+    zero_point = tf.where(
+        zero_point_from_min < 0.0,
+        0.0,
+        tf.where(zero_point_from_min > quant_max, quant_max, tf.floor(tf.abs(zero_point_from_min) + 0.5)),
+    )
+    offset = 2 ** (storage_bits - 1)
+    return Grid(scale, zero_point - float(offset), -offset, -offset + int(quant_max))
+
+
+def widened(params: AffineParams) -> AffineParams:
+    """The grid consumers read a k-bit activation on (k < 8): the same values, ``m`` times finer.
+
+    A k-bit grid uses ``2^k`` consecutive int8 codes; the exporter re-expresses it exactly (an
+    int8→int8 QUANTIZE whose multiplier is the integer ``m = floor(255/(2^k - 1))``, 17 for
+    4 bits) at scale ``S/m`` with codes ``m`` apart, so the consumers' requantization multiplier
+    and bias step are ``m`` times smaller. Grids of 8 bits, and with ``m < 2``, are returned as is.
+    """
+    levels = params.code_max - params.code_min
+    m = 255 // levels
+    if m < 2:
+        return params
+    return AffineParams(
+        float(np.float32(params.scale) / np.float32(m)),
+        -128 + (params.zero_point - params.code_min) * m,
+        -128,
+        -128 + levels * m,
+    )
+
+
+def widened_grid(grid: Grid) -> Grid:
+    """``widened`` for a TensorFlow ``Grid`` (same arithmetic)."""
+    levels = grid.code_max - grid.code_min
+    m = 255 // levels
+    if m < 2:
+        return grid
+    return Grid(grid.scale / float(m), -128.0 + (grid.zero_point - float(grid.code_min)) * m, -128, -128 + levels * m)
+
+
 def fake_quant_affine(x: tf.Tensor, min_value: tf.Tensor, max_value: tf.Tensor, bits: int = 8) -> tf.Tensor:
     """Asymmetric fake quantization on TensorFlow's nudged grid (the op the exporter mirrors).
 

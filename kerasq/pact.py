@@ -19,7 +19,7 @@ import numpy as np
 
 from kerasq import ops
 from kerasq.compat import keras, tf
-from kerasq.layers import ActivationSpec, channel_axes
+from kerasq.activations import ActivationSpec
 from kerasq.quantizers import ActivationQuantizer, LinearWeightQuantizer, MovingAverageQuantizer
 from kerasq.registry import register
 from kerasq.schemes.base import Scheme
@@ -180,11 +180,11 @@ class PACTQuantizer(ActivationQuantizer):
             return tf.maximum(alpha, ALPHA_MIN)
         return tf.clip_by_value(alpha, ALPHA_MIN, self.alpha_max)
 
-    def __call__(self, inputs, training, weights, **kwargs):
-        return pact_fake_quant(inputs, self.clipping_level(weights), self.bits)
+    def range(self, weights):
+        return tf.constant(0.0, tf.float32), self.clipping_level(weights)
 
-    def affine_params(self, weights) -> ops.AffineParams:
-        return ops.nudged_affine(0.0, float(self.clipping_level(weights).numpy()), self.bits)
+    def round(self, x, weights):
+        return pact_fake_quant(x, self.clipping_level(weights), self.bits)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -230,10 +230,8 @@ class PACT(Scheme):
         self.alpha_init = float(alpha_init)
         self.alpha_l2 = float(alpha_l2)
 
-    def weight_quantizer(self, layer):
-        return LinearWeightQuantizer(
-            self.weight_bits, symmetric=True, narrow_range=True, channel_axes=channel_axes(layer)
-        )
+    def weight_quantizer(self, layer, weight):
+        return LinearWeightQuantizer(self.weight_bits, symmetric=True, narrow_range=True, channel_axes=weight.channel_axes)
 
     def activation_quantizer(self, layer, activation: ActivationSpec):
         if activation.kind != "relu":

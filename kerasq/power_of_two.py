@@ -37,7 +37,6 @@ import numpy as np
 
 from kerasq import ops
 from kerasq.compat import tf
-from kerasq.layers import channel_axes
 from kerasq.quantizers import WeightGrid, WeightQuantizer
 from kerasq.registry import register
 from kerasq.schemes.base import Scheme
@@ -222,6 +221,13 @@ class PowerOfTwoQuantizer(WeightQuantizer):
         ste = tf.stop_gradient(quantized) + (1.0 - weights["freeze"]) * (w - tf.stop_gradient(w))
         return tf.where(weights["mask"] > 0.5, ste, w)
 
+    @property
+    def grid_bits(self) -> int:
+        return storage_bits(self.bits)
+
+    def scale(self, w, weights):
+        return power_of_two_codes(tf.convert_to_tensor(w, tf.float32), self.bits, self.channel_axes)[1]
+
     def integer_grid(self, w, weights) -> WeightGrid:
         mask = np.asarray(weights["mask"].numpy())
         if not np.all(mask == 1.0):
@@ -263,8 +269,8 @@ class PowerOfTwo(Scheme):
         self.weight_bits = int(bits)
         self.per_channel = bool(per_channel)
 
-    def weight_quantizer(self, layer):
-        return PowerOfTwoQuantizer(self.weight_bits, channel_axes(layer) if self.per_channel else ())
+    def weight_quantizer(self, layer, weight):
+        return PowerOfTwoQuantizer(self.weight_bits, weight.channel_axes if self.per_channel else ())
 
     def get_config(self):
         return {"bits": self.weight_bits, "per_channel": self.per_channel}

@@ -25,6 +25,7 @@ import tensorflow_model_optimization as tfmot
 
 from kerasq import ops
 from kerasq.compat import keras, tf
+from kerasq.observers import MovingAverageObserver, Observer
 from kerasq.registry import ConfigEquality, register
 
 
@@ -69,6 +70,18 @@ class WeightQuantizer(Quantizer):
     @abc.abstractmethod
     def integer_grid(self, w: tf.Tensor, weights: dict[str, tf.Variable]) -> WeightGrid:
         """The exact integer form of ``self(w, training=False, weights)``."""
+
+    @abc.abstractmethod
+    def scale(self, w: tf.Tensor, weights: dict[str, tf.Variable]) -> tf.Tensor:
+        """The scale of ``integer_grid`` as a float32 tensor that broadcasts onto ``w``.
+
+        Computed in the forward pass: the layer quantizes its bias onto ``s_in·scale``.
+        """
+
+    @property
+    def grid_bits(self) -> int:
+        """``integer_grid(...).bits``: the nominal precision that decides INT4 or INT8 storage."""
+        return self.bits
 
 
 def is_training(training) -> bool:
@@ -136,6 +149,9 @@ class LinearWeightQuantizer(WeightQuantizer):
         codes, scale = self._codes_and_scale(inputs)
         return codes * scale
 
+    def scale(self, w, weights):
+        return self._codes_and_scale(tf.convert_to_tensor(w))[1]
+
     def integer_grid(self, w, weights) -> WeightGrid:
         codes, scale = self._codes_and_scale(tf.convert_to_tensor(w))
         return WeightGrid(codes.numpy().astype(np.int32), scale.numpy().astype(np.float32), self.bits)
@@ -150,21 +166,77 @@ class LinearWeightQuantizer(WeightQuantizer):
 
 
 class ActivationQuantizer(Quantizer):
-    """An activation quantizer whose values lie on an int8-embeddable affine grid."""
+    """An activation quantizer: rounds onto an int8-embeddable affine grid.
+
+    The rounding (``round``) is apart from the statistics (``observe``, through an
+    ``Observer`` when the range comes from data), so a layer can observe without rounding
+    (calibration), round without observing (inference) or do both (``fit``). ``grid`` gives the
+    grid as tensors for the forward pass, ``affine_params`` as numbers for export.
+    """
+
+    observer: Observer | None = None
+
+    def build(self, tensor_shape, name, layer):
+        return {} if self.observer is None else self.observer.build(layer, name)
+
+    def observe(self, x: tf.Tensor, weights, observer: Observer | None = None) -> None:
+        """Fold ``x`` into the statistics (with ``observer`` instead of the own one, e.g. min/max
+        for calibration); nothing for quantizers whose range does not come from data."""
+        if self.observer is not None:
+            (observer or self.observer).update(x, weights)
+
+    def observed(self, weights) -> tf.Tensor | bool:
+        """Whether the grid is defined: True, or a bool tensor once data was observed."""
+        return True if self.observer is None else self.observer.observed(weights)
 
     @abc.abstractmethod
-    def affine_params(self, weights: dict[str, tf.Variable]) -> ops.AffineParams:
+    def range(self, weights) -> tuple[tf.Tensor, tf.Tensor]:
+        """The ``(min, max)`` that ``round`` quantizes onto (contains 0, non-empty)."""
+
+    def grid(self, weights) -> ops.Grid:
+        """The grid of ``round``'s output as tensors (TensorFlow FakeQuant's nudging)."""
+        lo, hi = self.range(weights)
+        return ops.nudged_grid(lo, hi, self.bits)
+
+    def consumer_grid(self, weights) -> ops.Grid:
+        """The grid the layers reading this output see: ``grid``, widened for a k-bit grid (``ops.widened``)."""
+        return ops.widened_grid(self.grid(weights))
+
+    def round(self, x: tf.Tensor, weights) -> tf.Tensor:
+        """Fake-quantize ``x`` onto the grid; straight-through gradient inside the range."""
+        lo, hi = self.range(weights)
+        return ops.fake_quant_affine(x, lo, hi, self.bits)
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        if is_training(training):
+            self.observe(inputs, weights)
+        return self.round(inputs, weights)
+
+    def affine_params(self, weights) -> ops.AffineParams:
         """The int8 grid holding every value of ``self(x, training=False, weights)``."""
+        if self.observer is not None and not bool(self.observer.observed(weights)):
+            raise ValueError(
+                f"Activation range {weights['min'].name!r} was never observed: train the model "
+                "(fit) or run kerasq.calibrate(model, x) before exporting."
+            )
+        return self.grid(weights).to_params()
+
+
+def observed_range(weights) -> tuple[tf.Tensor, tf.Tensor]:
+    """An observed ``[min, max]`` widened to contain 0 and to be non-empty (``1e-6``), as FakeQuant needs."""
+    lo = tf.minimum(tf.convert_to_tensor(weights["min"]), 0.0)
+    hi = tf.maximum(tf.convert_to_tensor(weights["max"]), 0.0)
+    return lo, tf.maximum(hi, lo + 1e-6)
 
 
 @register("quantizer")
 class MovingAverageQuantizer(ActivationQuantizer):
-    """Asymmetric per-tensor activations with a range tracked by an exponential moving average.
+    """Asymmetric per-tensor activations on a range observed as a moving average.
 
-    Statistics: in training, ``r̂(t) = d·r̂(t-1) + (1-d)·r(t)`` for the batch min and max
-    (seed lecture, "Type 1: during training"); the first observed batch initialises ``r̂``.
-    Forward: TensorFlow FakeQuant on the nudged grid of ``[r̂_min, r̂_max]`` (``ops.fake_quant_affine``).
-    Backward: straight-through inside the range, zero outside.
+    Statistics: ``MovingAverageObserver(decay)`` (``r̂ ← d·r̂ + (1-d)·r`` for the batch min and
+    max, the first batch initialises ``r̂``; seed lecture, "Type 1: during training").
+    Forward: TensorFlow FakeQuant on the nudged grid of ``[min(r̂_min, 0), max(r̂_max, 0)]``
+    (``ops.fake_quant_affine``). Backward: straight-through inside the range, zero outside.
     Export: int8 ``scale = (max-min)/(2^b-1)``, zero point nudged; a ``b < 8`` grid uses ``2^b``
     consecutive int8 codes (see ``ops.nudged_affine``).
 
@@ -172,45 +244,14 @@ class MovingAverageQuantizer(ActivationQuantizer):
     """
 
     def __init__(self, bits: int = 8, decay: float = 0.99):
-        if not 2 <= bits <= 8:
-            raise ValueError(f"Activation bits must be in [2, 8]. Received: bits={bits}")
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1). Received: decay={decay}")
+        if isinstance(bits, bool) or int(bits) != bits or not 2 <= bits <= 8:
+            raise ValueError(f"Activation bits must be an integer in [2, 8]. Received: bits={bits}")
         self.bits = int(bits)
-        self.decay = float(decay)
+        self.observer = MovingAverageObserver(decay)
+        self.decay = self.observer.decay
 
-    def build(self, tensor_shape, name, layer):
-        return {
-            "min": layer.add_weight(f"{name}_min", shape=(), initializer="zeros", trainable=False),
-            "max": layer.add_weight(f"{name}_max", shape=(), initializer="zeros", trainable=False),
-            "observed": layer.add_weight(
-                f"{name}_observed", shape=(), dtype=tf.int32, initializer="zeros", trainable=False
-            ),
-        }
-
-    def observe(self, x: tf.Tensor, weights) -> None:
-        """Fold the batch range of ``x`` into the moving averages."""
-        batch_min = tf.reduce_min(x)
-        batch_max = tf.reduce_max(x)
-        first = tf.equal(weights["observed"], 0)
-        weights["min"].assign(tf.where(first, batch_min, self.decay * weights["min"] + (1 - self.decay) * batch_min))
-        weights["max"].assign(tf.where(first, batch_max, self.decay * weights["max"] + (1 - self.decay) * batch_max))
-        weights["observed"].assign_add(1)
-
-    def __call__(self, inputs, training, weights, **kwargs):
-        if is_training(training):
-            self.observe(inputs, weights)
-        lo = tf.minimum(weights["min"], 0.0)
-        hi = tf.maximum(weights["max"], lo + 1e-6)  # an unobserved range must not divide by zero
-        return ops.fake_quant_affine(inputs, lo, hi, self.bits)
-
-    def affine_params(self, weights) -> ops.AffineParams:
-        if int(weights["observed"].numpy()) == 0:
-            raise ValueError(
-                f"Activation range {weights['min'].name!r} was never observed: train the model "
-                "(fit) or run kerasq.calibrate(model, x) before exporting."
-            )
-        return ops.nudged_affine(float(weights["min"].numpy()), float(weights["max"].numpy()), self.bits)
+    def range(self, weights):
+        return observed_range(weights)
 
     def get_config(self):
         return {"bits": self.bits, "decay": self.decay}
@@ -234,11 +275,8 @@ class FixedRangeQuantizer(ActivationQuantizer):
         self.max_value = float(max_value)
         self.bits = int(bits)
 
-    def __call__(self, inputs, training, weights, **kwargs):
-        return ops.fake_quant_affine(inputs, self.min_value, self.max_value, self.bits)
-
-    def affine_params(self, weights) -> ops.AffineParams:
-        return ops.nudged_affine(self.min_value, self.max_value, self.bits)
+    def range(self, weights):
+        return tf.constant(self.min_value, tf.float32), tf.constant(self.max_value, tf.float32)
 
     def get_config(self):
         return {"min_value": self.min_value, "max_value": self.max_value, "bits": self.bits}

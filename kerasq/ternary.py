@@ -25,7 +25,6 @@ import numpy as np
 
 from kerasq import ops
 from kerasq.compat import keras, tf
-from kerasq.layers import channel_axes
 from kerasq.quantizers import WeightGrid, WeightQuantizer
 from kerasq.registry import register
 from kerasq.schemes.base import Scheme
@@ -241,13 +240,19 @@ class TernaryWeightQuantizer(WeightQuantizer):
             return twn_quantize(w, self.threshold, self.channel_axes)
         return ttq_quantize(w, weights["w_p"], weights["w_n"], self.threshold, self.channel_axes)
 
-    def integer_grid(self, w, weights) -> WeightGrid:
+    def _codes_and_scale(self, w, weights) -> tuple[tf.Tensor, tf.Tensor]:
         w = tf.convert_to_tensor(w, tf.float32)
         if self.method == "twn":
             codes, scale = twn_grid(w, self.threshold, self.channel_axes)
         else:
             codes, scale, _, _ = ttq_grid(w, weights["w_p"], weights["w_n"], self.threshold, self.channel_axes)
-        scale = scale + tf.zeros([1] * len(w.shape))  # a scalar scale as [1, ..., 1]
+        return codes, scale + tf.zeros([1] * len(w.shape))  # a scalar scale as [1, ..., 1]
+
+    def scale(self, w, weights):
+        return self._codes_and_scale(w, weights)[1]
+
+    def integer_grid(self, w, weights) -> WeightGrid:
+        codes, scale = self._codes_and_scale(w, weights)
         return WeightGrid(codes.numpy().astype(np.int32), scale.numpy().astype(np.float32), self.bits)
 
     def get_config(self) -> dict[str, Any]:
@@ -277,8 +282,8 @@ class Ternary(Scheme):
         self.per_channel = bool(per_channel)
         TernaryWeightQuantizer(self.method, self.threshold)  # validates method and threshold
 
-    def weight_quantizer(self, layer):
-        return TernaryWeightQuantizer(self.method, self.threshold, channel_axes(layer) if self.per_channel else ())
+    def weight_quantizer(self, layer, weight):
+        return TernaryWeightQuantizer(self.method, self.threshold, weight.channel_axes if self.per_channel else ())
 
     def get_config(self) -> dict[str, Any]:
         return {"method": self.method, "threshold": self.threshold, "per_channel": self.per_channel}

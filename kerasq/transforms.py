@@ -1,40 +1,35 @@
-"""Model transforms: fold, annotate with schemes, wrap, calibrate — ``quantize_model`` and friends.
+"""Model transforms: ``quantize_model``, ``calibrate`` and friends.
 
-``quantize_model`` never touches the caller's model: it reads its graph, clones each layer,
-folds inference-mode BatchNormalization into the preceding Conv2D/DepthwiseConv2D/Dense (as a
-per-channel scale after the weight quantizer, or into the kernel), absorbs standalone
-activation layers into the layer before them (as an int8 kernel fuses them), resolves each
-layer's scheme and wraps it in ``QuantizedLayer``.
+``quantize_model`` never touches the caller's model. It reads the model's graph, checks every
+layer against ``kerasq.layer_table`` (reporting all unsupported layers at once), folds
+inference-mode BatchNormalization into the weight layer before it (as a per-channel scale after
+the weight quantizer, or into the kernel), absorbs standalone activation layers into the layer
+whose output they act on (as an int8 kernel fuses them), resolves each layer's scheme, groups
+the inputs of each Concatenate onto one shared grid, wraps every layer with weights or an own
+output grid in ``QuantizedLayer`` and returns a linked ``QuantizedModel``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
 from kerasq import ops
-from kerasq.compat import keras
+from kerasq.activations import ActivationSpec
+from kerasq.compat import keras, tf
 from kerasq.graph import LayerGraph, Node
-from kerasq.layers import ActivationSpec, QuantizedLayer, QuantizeInput
+from kerasq.layer_table import rule_for, supported_layer_names, unsupported_reason
+from kerasq.layers import QuantizedLayer, QuantizeInput, Requantize, kerasq_layers
+from kerasq.model import QuantizedModel, quantization_mode
+from kerasq.observers import MinMaxObserver, get_observer
+from kerasq.quantizers import MovingAverageQuantizer
 from kerasq.registry import all_custom_objects
-from kerasq.schemes.base import WEIGHT_LAYERS, Linear, Scheme, get_scheme
+from kerasq.runtimes import Target
+from kerasq.schemes.base import Linear, Scheme, get_scheme
 
-# Layers that change no values on TFLite's int8 grid: they pass through unwrapped.
-PASS_THROUGH_LAYERS = (
-    keras.layers.MaxPooling2D,
-    keras.layers.Flatten,
-    keras.layers.Reshape,
-    keras.layers.Dropout,
-    keras.layers.InputLayer,
-)
-# Layers without weights whose int8 output needs its own range.
-OUTPUT_QUANTIZED_LAYERS = (keras.layers.Add, keras.layers.Concatenate, keras.layers.GlobalAveragePooling2D)
-ACTIVATION_LAYERS = (keras.layers.Activation, keras.layers.ReLU, keras.layers.Softmax)
-SUPPORTED_LAYERS = WEIGHT_LAYERS + PASS_THROUGH_LAYERS + OUTPUT_QUANTIZED_LAYERS + ACTIVATION_LAYERS + (
-    keras.layers.BatchNormalization,
-)
+BN_FOLDING = ("channel_scale", "kernel")
 
 
 def _clone(layer: keras.layers.Layer, **overrides) -> keras.layers.Layer:
@@ -42,11 +37,41 @@ def _clone(layer: keras.layers.Layer, **overrides) -> keras.layers.Layer:
     return type(layer).from_config(config)
 
 
+def _role(layer: keras.layers.Layer) -> str | None:
+    rule = rule_for(layer)
+    return None if rule is None else rule.role
+
+
 def _activation_of(layer: keras.layers.Layer) -> ActivationSpec:
     return ActivationSpec.from_keras(getattr(layer, "activation", None) or "linear")
 
 
-BN_FOLDING = ("channel_scale", "kernel")
+def _check_layers(graph: LayerGraph, keep_float: set[str]) -> None:
+    """Raise one ``ValueError`` listing every layer that cannot be quantized, with the reason."""
+    problems = []
+    for node in graph.nodes:
+        if node.name in keep_float:
+            continue
+        reason = unsupported_reason(node.layer)
+        if reason is None and hasattr(node.layer, "activation"):
+            try:
+                _activation_of(node.layer)
+            except ValueError as error:
+                reason = str(error)
+        if reason is None and isinstance(node.layer, (keras.layers.Activation, keras.layers.ReLU, keras.layers.Softmax)):
+            try:
+                ActivationSpec.from_keras(node.layer)
+            except ValueError as error:
+                reason = str(error)
+        if reason is not None:
+            problems.append(f"  {node.name!r} ({type(node.layer).__name__}): {reason}")
+    if problems:
+        raise ValueError(
+            f"kerasq.quantize_model cannot quantize {len(problems)} layer(s) of model {graph.name!r}:\n"
+            + "\n".join(problems)
+            + f"\nSupported layers: {', '.join(supported_layer_names())}. To keep a layer in float (the model "
+            "then cannot be exported integer-only), pass layer_schemes={name: None}."
+        )
 
 
 def _fold_batch_norms(graph: LayerGraph, weights: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
@@ -57,16 +82,16 @@ def _fold_batch_norms(graph: LayerGraph, weights: dict[str, list[np.ndarray]]) -
     """
     factors = {}
     for node in list(graph.nodes):
-        if not isinstance(node.layer, keras.layers.BatchNormalization):
+        if not isinstance(node.layer, keras.layers.BatchNormalization) or node.name not in [n.name for n in graph.nodes]:
             continue
         bn = node.layer
         producer = graph.node(node.inbound[0]) if node.inbound[0] not in graph.inputs else None
         foldable = (
             producer is not None
-            and isinstance(producer.layer, WEIGHT_LAYERS)
+            and rule_for(producer.layer) is not None
+            and rule_for(producer.layer).folds_batch_norm
             and _activation_of(producer.layer).kind == "linear"
             and len(graph.consumers(producer.name)) == 1
-            and bn.axis in ([-1], [len(bn.input_shape) - 1], -1)
         )
         if not foldable:
             raise ValueError(
@@ -88,26 +113,41 @@ def _fold_batch_norms(graph: LayerGraph, weights: dict[str, list[np.ndarray]]) -
 
 
 def _absorb_activations(graph: LayerGraph) -> dict[str, ActivationSpec]:
-    """Move standalone activation layers into the layer before them; returns each layer's activation."""
-    activations = {
-        n.name: _activation_of(n.layer) for n in graph.nodes if not isinstance(n.layer, ACTIVATION_LAYERS)
-    }
+    """Move standalone activation layers into the layer whose output they act on.
+
+    A linear activation is dropped. Another activation acts on the output of the nearest layer
+    with its own grid, through single-consumer layers that keep their input's grid (MaxPooling2D,
+    Reshape, Flatten, Dropout, ZeroPadding2D: ReLU commutes with them), if that layer's own
+    activation is linear. Returns each layer's activation.
+    """
+    is_activation = lambda n: _role(n.layer) == "activation"  # noqa: E731
+    activations = {n.name: _activation_of(n.layer) for n in graph.nodes if not is_activation(n)}
     for node in list(graph.nodes):
-        if not isinstance(node.layer, ACTIVATION_LAYERS):
+        if not is_activation(node):
             continue
-        source = node.inbound[0]
-        producer = None if source in graph.inputs else graph.node(source)
         spec = ActivationSpec.from_keras(node.layer)
+        if spec.kind == "linear":
+            graph.remove(node.name)
+            continue
+        source, chain_ok = node.inbound[0], True
+        while source not in graph.inputs and _role(graph.node(source).layer) == "same_grid":
+            chain_ok = chain_ok and len(graph.consumers(source)) == 1
+            source = graph.node(source).inbound[0]
+        producer = None if source in graph.inputs else graph.node(source)
+        commutes = spec.fusable or source == node.inbound[0]
         absorbable = (
             producer is not None
-            and isinstance(producer.layer, WEIGHT_LAYERS + OUTPUT_QUANTIZED_LAYERS)
+            and chain_ok
+            and commutes
+            and _role(producer.layer) in ("weight", "own_grid")
             and activations[producer.name].kind == "linear"
             and len(graph.consumers(producer.name)) == 1
         )
         if not absorbable:
             raise ValueError(
-                f"Activation layer {node.name!r} must directly follow a Conv2D, DepthwiseConv2D, Dense, Add, "
-                f"Concatenate or GlobalAveragePooling2D layer with a linear activation. Received: input from {source!r}"
+                f"Activation layer {node.name!r} ({spec.kind}) must act on the output of a Conv2D, DepthwiseConv2D, "
+                "Dense, Add or GlobalAveragePooling2D layer with a linear activation and no other consumer "
+                f"(directly, or through pooling/reshape layers for ReLU). Received: input from {node.inbound[0]!r}"
             )
         activations[producer.name] = spec
         graph.remove(node.name)
@@ -115,14 +155,14 @@ def _absorb_activations(graph: LayerGraph) -> dict[str, ActivationSpec]:
 
 
 def _producers(graph: LayerGraph, name: str) -> list[str]:
-    """Nodes whose output reaches ``name``'s input through pass-through layers only."""
+    """Nodes whose output reaches ``name``'s input through same-grid layers only."""
     found, stack = [], list(graph.node(name).inbound)
     while stack:
         source = stack.pop()
         if source in graph.inputs:
             continue
         node = graph.node(source)
-        if isinstance(node.layer, PASS_THROUGH_LAYERS):
+        if _role(node.layer) in ("same_grid", "shared_grid"):
             stack.extend(node.inbound)
         else:
             found.append(source)
@@ -132,30 +172,103 @@ def _producers(graph: LayerGraph, name: str) -> list[str]:
 def _resolve_schemes(
     graph: LayerGraph,
     scheme: Scheme,
-    layer_schemes: Mapping[str, Scheme | str | None] | None,
+    layer_schemes: Mapping[str, Scheme | str | None],
     first_last_int8: bool | None,
+    folded: Iterable[str],
 ) -> dict[str, Scheme | None]:
     """Scheme per layer: explicit ``layer_schemes`` entry > first/last int8 policy > ``scheme``."""
     names = [n.name for n in graph.nodes]
-    layer_schemes = dict(layer_schemes or {})
-    unknown = sorted(set(layer_schemes) - set(names))
-    if unknown:
-        raise ValueError(f"layer_schemes names layers the model does not have: {unknown}; layers: {names}")
+    folded = set(folded)
     resolved: dict[str, Scheme | None] = {n: scheme for n in names}
     if first_last_int8 is None:
         first_last_int8 = scheme.is_low_bit
-    weight_layers = [n.name for n in graph.nodes if isinstance(n.layer, WEIGHT_LAYERS)]
+    weight_layers = [n.name for n in graph.nodes if _role(n.layer) == "weight"]
     if first_last_int8 and weight_layers:
         for name in {weight_layers[0], weight_layers[-1]}:
             resolved[name] = Linear()
         # "Last layer at 8 bits" covers its input too: a weightless layer feeding it (global
-        # pooling, Add, Concatenate) gets an int8 output instead of a low-bit one.
+        # pooling, Add) gets an int8 output instead of a low-bit one.
         for name in _producers(graph, weight_layers[-1]):
-            if isinstance(graph.node(name).layer, OUTPUT_QUANTIZED_LAYERS):
+            if _role(graph.node(name).layer) == "own_grid":
                 resolved[name] = Linear()
     for name, value in layer_schemes.items():
+        if name in folded:
+            raise ValueError(
+                f"layer_schemes names {name!r}, a BatchNormalization that quantize_model folds into the layer "
+                "before it; give the scheme for that layer instead."
+            )
         resolved[name] = None if value is None else get_scheme(value)
     return resolved
+
+
+def _wrap(node: Node, scheme: Scheme, spec: ActivationSpec, channel_scale: bool) -> QuantizedLayer:
+    layer = node.layer
+    if hasattr(layer, "activation"):
+        layer = _clone(layer, activation="linear")
+    if spec.fusable:
+        pre, post = None, scheme.activation_quantizer(layer, spec)
+    else:
+        pre, post = scheme.activation_quantizer(layer, ActivationSpec()), spec.output_quantizer()
+    rule = rule_for(layer)
+    weight_quantizers = {weight.attribute: scheme.weight_quantizer(layer, weight) for weight in rule.weights}
+    return QuantizedLayer(layer, weight_quantizers, spec, post, pre, channel_scale=channel_scale)
+
+
+def _shareable(layer) -> bool:
+    """Can ``layer``'s output join a shared grid (an 8-bit range observed from data)?"""
+    if isinstance(layer, QuantizedLayer):
+        quantizer, pre = layer.activation_quantizer, layer.pre_activation_quantizer
+    elif isinstance(layer, QuantizeInput):
+        quantizer, pre = layer.quantizer, None
+    else:
+        return False
+    return pre is None and type(quantizer) is MovingAverageQuantizer and quantizer.bits == 8
+
+
+def _share_concatenate_grids(nodes: list[Node]) -> None:
+    """Put the inputs of every Concatenate on one grid (TFLite's CONCATENATION copies codes).
+
+    Each input's grid owner (through same-grid layers) joins the concatenation's group; a group
+    is the union of groups that share a member. An owner whose grid cannot be shared (low-bit,
+    fixed-range, binary) gets a ``Requantize`` layer before the Concatenate. The members'
+    ``grid_group`` lists every member; each observes its own range and rounds onto their union.
+    """
+    by_name = {node.name: node for node in nodes}
+    parent: dict[str, str] = {}
+
+    def find(name: str) -> str:
+        while parent.setdefault(name, name) != name:
+            name = parent[name]
+        return name
+
+    def owner(name: str) -> str:
+        while name in by_name and _role(by_name[name].layer) in ("same_grid", "shared_grid"):
+            name = by_name[name].inbound[0]
+        return name
+
+    for node in list(nodes):
+        if _role(node.layer) != "shared_grid":
+            continue
+        members = []
+        for index, source in enumerate(node.inbound):
+            source_owner = owner(source)
+            if source_owner not in by_name or not _shareable(by_name[source_owner].layer):
+                requantize = Requantize(name=f"{node.name}_requantize_{index}")
+                bridge = Node(requantize, [source])
+                nodes.insert(nodes.index(node), bridge)
+                by_name[requantize.name] = bridge
+                node.inbound[index] = requantize.name
+                source_owner = requantize.name
+            members.append(source_owner)
+        for member in members[1:]:
+            parent[find(member)] = find(members[0])
+    groups: dict[str, list[str]] = {}
+    for name in parent:
+        groups.setdefault(find(name), []).append(name)
+    for members in groups.values():
+        ordered = [n.name for n in nodes if n.name in members]
+        for name in ordered:
+            by_name[name].layer.grid_group = list(ordered)
 
 
 def quantize_model(
@@ -165,14 +278,17 @@ def quantize_model(
     *,
     first_last_int8: bool | None = None,
     bn_folding: str = "channel_scale",
-) -> keras.Model:
+    target: Target | str | dict | None = None,
+    calibration_data=None,
+) -> QuantizedModel:
     """A quantization-aware copy of a tf_keras Sequential or Functional model.
 
     Args:
       model: float model with a defined input shape; left unchanged.
       scheme: a ``kerasq.schemes`` object or name (``"int8"``; see ``available_schemes()``).
-      layer_schemes: per-layer override by layer name; ``None`` keeps that layer float (it then
-        blocks integer-only export). An entry here always wins over the policy below.
+      layer_schemes: per-layer override by layer name; ``None`` keeps that layer float (its
+        output is quantized again after it, and the model then cannot be exported integer-only).
+        An entry here always wins over the policy below.
       first_last_int8: keep the first and last Conv/Dense layers at ``Linear()`` int8; defaults
         to on for schemes below 8 bits (seed lecture: these layers are sensitive and cheap).
       bn_folding: where a BatchNormalization's ``γ/σ`` goes. ``"channel_scale"`` (default): a
@@ -181,32 +297,42 @@ def quantize_model(
         their papers where batch norm follows the convolution); the export multiplies it into
         the per-channel weight scales. ``"kernel"``: multiplied into the kernel before
         quantization (classic folding; keeps per-tensor schemes per tensor in the .tflite).
+      target: the runtime whose arithmetic the Keras model reproduces (``kerasq.runtimes.Target``
+        or ``"xnnpack"`` (default) / ``"reference"``); ``kerasq.set_target`` changes it later.
+      calibration_data: optional float samples (array, or iterable of batches) to observe every
+        activation range once before training (``calibrate``). Without it the ranges are first
+        observed by ``fit``; until then inference leaves them unrounded (float-like outputs).
     Returns:
-      A new, uncompiled Functional model: ``QuantizeInput`` on the input, each supported layer
-      wrapped in ``QuantizedLayer`` under its original name, BatchNormalization folded. Compile
-      and ``fit`` it as usual; export with ``tflite_export.convert``.
+      A new, uncompiled ``QuantizedModel``: ``QuantizeInput`` on each input, each layer with
+      weights or an own output grid wrapped in ``QuantizedLayer`` under its original name,
+      BatchNormalization folded. Compile and ``fit`` it as usual; export with ``tflite_export.convert``.
     Raises:
-      ValueError naming the first unsupported layer (e.g. Conv3D, Lambda) unless ``layer_schemes``
-      maps it to ``None``; for BatchNormalization or activations that cannot be folded.
+      ValueError listing every layer that cannot be quantized (type or configuration) and why,
+      before any work is done; ValueError for BatchNormalization or activations that cannot be folded.
     """
     scheme = get_scheme(scheme)
     if bn_folding not in BN_FOLDING:
         raise ValueError(f"bn_folding must be one of {BN_FOLDING}. Received: {bn_folding!r}")
+    if any(isinstance(layer, (QuantizedLayer, QuantizeInput)) for layer in model.layers):
+        raise ValueError(
+            f"Model {model.name!r} is already quantized (it has kerasq layers); quantize the float model it "
+            "came from, or train and export this one as it is."
+        )
     graph = LayerGraph.from_model(model)
-    keep_float = {name for name, value in (layer_schemes or {}).items() if value is None}
-    for node in graph.nodes:
-        if not isinstance(node.layer, SUPPORTED_LAYERS) and node.name not in keep_float:
-            raise ValueError(
-                f"Layer {node.name!r} ({type(node.layer).__name__}) is not supported by kerasq.quantize_model. "
-                f"Supported: {', '.join(sorted({c.__name__ for c in SUPPORTED_LAYERS}))}. To keep it in float "
-                f"(the model then cannot be exported integer-only), pass layer_schemes={{{node.name!r}: None}}."
-            )
+    layer_schemes = dict(layer_schemes or {})
+    names = [n.name for n in graph.nodes]
+    unknown = sorted(set(layer_schemes) - set(names))
+    if unknown:
+        raise ValueError(f"layer_schemes names layers the model does not have: {unknown}; layers: {names}")
+    keep_float = {name for name, value in layer_schemes.items() if value is None}
+    _check_layers(graph, keep_float)
+    batch_norms = [n.name for n in graph.nodes if _role(n.layer) == "batch_norm"]
     weights = {n.name: n.layer.get_weights() for n in graph.nodes}
     bn_factors = _fold_batch_norms(graph, weights)
     activations = _absorb_activations(graph)
     for node in graph.nodes:  # fresh layers: the caller's model keeps its own
         node.layer = _clone(node.layer)
-    schemes = _resolve_schemes(graph, scheme, layer_schemes, first_last_int8)
+    schemes = _resolve_schemes(graph, scheme, layer_schemes, first_last_int8, batch_norms)
 
     channel_scales = {}
     for name, factor in bn_factors.items():
@@ -216,38 +342,29 @@ def quantize_model(
             depthwise = isinstance(graph.node(name).layer, keras.layers.DepthwiseConv2D)
             weights[name][0] = ops.scale_output_channels(weights[name][0], factor, depthwise)
 
-    wrapped = []
-    for node in graph.nodes:
-        layer, node_scheme = node.layer, schemes[node.name]
-        if node_scheme is None or isinstance(layer, PASS_THROUGH_LAYERS):
-            wrapped.append(Node(layer, node.inbound))
-            continue
-        spec = activations[node.name]
-        if hasattr(layer, "activation"):
-            layer = _clone(layer, activation="linear")
-        if spec.fusable:
-            pre, post = None, node_scheme.activation_quantizer(layer, spec)
-        else:
-            pre, post = node_scheme.activation_quantizer(layer, ActivationSpec()), spec.output_quantizer()
-        weight_quantizer = node_scheme.weight_quantizer(layer) if isinstance(layer, WEIGHT_LAYERS) else None
-        wrapped.append(
-            Node(
-                QuantizedLayer(layer, weight_quantizer, spec, post, pre, channel_scale=node.name in channel_scales),
-                node.inbound,
-            )
-        )
-
-    # One QuantizeInput per model input, named after it.
-    input_map = {}
+    # A float tensor (a model input, a layer kept in float) is read through a QuantizeInput.
+    wrapped: list[Node] = []
+    renamed: dict[str, str] = {}
     for input_name in graph.inputs:
         quantize = QuantizeInput(name=f"{input_name}_quantize")
-        input_map[input_name] = quantize.name
-        wrapped.insert(0, Node(quantize, [input_name]))
-    for node in wrapped:
-        if not isinstance(node.layer, QuantizeInput):
-            node.inbound = [input_map.get(n, n) for n in node.inbound]
+        wrapped.append(Node(quantize, [input_name]))
+        renamed[input_name] = quantize.name
+    for node in graph.nodes:
+        inbound = [renamed.get(n, n) for n in node.inbound]
+        if schemes[node.name] is None:
+            wrapped.append(Node(node.layer, inbound))
+            quantize = QuantizeInput(name=f"{node.name}_quantize")
+            wrapped.append(Node(quantize, [node.name]))
+            renamed[node.name] = quantize.name
+        elif _role(node.layer) in ("weight", "own_grid"):
+            layer = _wrap(node, schemes[node.name], activations[node.name], node.name in channel_scales)
+            wrapped.append(Node(layer, inbound))
+        else:
+            wrapped.append(Node(node.layer, inbound))
+    _share_concatenate_grids(wrapped)
     graph.nodes = wrapped
-    qmodel = graph.build(name=f"{model.name}_quantized")
+    graph.outputs = [renamed.get(n, n) for n in graph.outputs]
+    qmodel = graph.build(name=f"{model.name}_quantized", model_class=QuantizedModel, target=target)
     for node in wrapped:
         inner = node.layer.layer if isinstance(node.layer, QuantizedLayer) else node.layer
         if weights.get(inner.name):
@@ -256,6 +373,8 @@ def quantize_model(
             node.layer.initialize_quantizers()
             if node.layer.channel_scale is not None:
                 node.layer.initialize_channel_scale(channel_scales[node.layer.name])
+    if calibration_data is not None:
+        calibrate(qmodel, calibration_data)
     return qmodel
 
 
@@ -278,27 +397,83 @@ def quantized_weights(model: keras.Model) -> dict[str, np.ndarray]:
     return result
 
 
-def calibrate(model: keras.Model, x: np.ndarray, *, batch_size: int = 64, steps: int | None = None) -> keras.Model:
-    """Observe activation ranges of a quantized model on ``x`` without changing its weights.
+def _batches(data, batch_size: int, expected: tuple) -> Iterator[np.ndarray]:
+    """Float32 batches from an array or an iterable of batches (``(x,)``/``(x, y)`` tuples: ``x``)."""
+    if isinstance(data, (np.ndarray, tf.Tensor)) or (isinstance(data, (list, tuple)) and data and np.isscalar(np.asarray(data).flat[0])):
+        data = np.asarray(data, np.float32)
+        if data.ndim == 0 or len(data) == 0:
+            raise ValueError(f"Calibration data is empty. Received: x.shape={data.shape}")
+        for start in range(0, len(data), batch_size):
+            yield data[start : start + batch_size]
+        return
+    if callable(data):
+        data = data()
+    for batch in data:
+        if isinstance(batch, (list, tuple)):
+            batch = batch[0]
+        yield np.asarray(batch, np.float32)
 
-    Runs the model in training mode (range observers update, no optimizer step) over up to
-    ``steps`` batches of ``batch_size`` samples. This is post-training calibration for a model
-    that was not fit, and a warm start for QAT. Raises ``ValueError`` on empty or NaN data.
+
+def calibrate(
+    model: keras.Model, x, *, batch_size: int = 64, steps: int | None = None, observer="minmax"
+) -> keras.Model:
+    """Observe every activation range of a quantized model on ``x``; weights and rounding untouched.
+
+    Runs the model in inference mode (Dropout off, no weight or optimizer update) with rounding
+    switched off, so each range describes the float activations, as post-training calibration
+    does; the previous statistics are replaced. ``observer`` (``"minmax"``, the default, the
+    global min/max over all batches; or ``"ema"``) collects them into the quantizers' own
+    variables, so a moving-average quantizer continues from these ranges during ``fit``.
+
+    Args:
+      model: a model from ``quantize_model``.
+      x: float samples ``[N, ...]``, or an iterable of batches (a ``tf.data.Dataset``; tuples
+        give their first element), or a callable returning one.
+      batch_size: samples per step for an array. steps: at most this many batches.
+    Raises ``ValueError`` on empty, NaN/inf or wrongly shaped data, or a model without kerasq layers.
     """
-    x = np.asarray(x, np.float32)
-    if x.size == 0 or len(x) == 0:
-        raise ValueError(f"Calibration data is empty. Received: x.shape={x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("Calibration data contains NaN or infinite values.")
+    layers = kerasq_layers(model)
+    if not layers:
+        raise ValueError(f"Model {model.name!r} has no kerasq layers to calibrate; call kerasq.quantize_model first.")
     expected = tuple(model.input_shape[1:])
-    if tuple(x.shape[1:]) != expected:
-        raise ValueError(f"Calibration data has sample shape {tuple(x.shape[1:])}, the model expects {expected}.")
-    batches = range(0, len(x), batch_size)
-    for i, start in enumerate(batches):
-        if steps is not None and i >= steps:
-            break
-        model(x[start : start + batch_size], training=True)
+    observer = get_observer(observer) if not isinstance(observer, MinMaxObserver) else observer
+    states = [state for layer in layers for state in observer_states(layer)]
+    saved = [{k: v.numpy() for k, v in state.items()} for state in states]
+    for state in states:
+        for variable in state.values():
+            variable.assign(tf.zeros_like(variable))
+    seen = 0
+    try:
+        with quantization_mode(model, observe=True, round=False, observer=observer):
+            step = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
+            for i, batch in enumerate(_batches(x, batch_size, expected)):
+                if steps is not None and i >= steps:
+                    break
+                if batch.size == 0:
+                    continue
+                if not np.all(np.isfinite(batch)):
+                    raise ValueError("Calibration data contains NaN or infinite values.")
+                if tuple(batch.shape[1:]) != expected:
+                    raise ValueError(f"Calibration data has sample shape {tuple(batch.shape[1:])}, the model expects {expected}.")
+                step(tf.constant(batch))
+                seen += len(batch)
+        if seen == 0:
+            raise ValueError("Calibration data is empty: the data yielded no samples.")
+    except BaseException:
+        for state, values in zip(states, saved):
+            for key, variable in state.items():
+                variable.assign(values[key])
+        raise
     return model
+
+
+def observer_states(layer) -> list[dict]:
+    """The observer statistics (``min``/``max``/``count`` dicts) of a kerasq layer's quantizers."""
+    if isinstance(layer, QuantizeInput):
+        candidates = [layer._vars]
+    else:
+        candidates = [layer._pre_activation_vars, layer._activation_vars]
+    return [state for state in candidates if "count" in state]
 
 
 @contextlib.contextmanager
@@ -306,7 +481,7 @@ def quantize_scope() -> Iterator[None]:
     """Context in which ``tf_keras.models.load_model`` restores kerasq models (.keras, .h5, SavedModel).
 
     kerasq classes are also registered globally as ``kerasq>Name``; the scope makes the bare
-    names resolvable too (e.g. in configs written by hand).
+    names resolvable too (e.g. in .h5 files and configs written by hand).
     """
     with keras.utils.custom_object_scope(all_custom_objects()):
         yield

@@ -1,63 +1,168 @@
-"""TFLite's two-step requantization and the rounding offset that lets Keras follow it."""
+"""kerasq.runtimes: the TensorFlow emulation of LiteRT's integer kernels against int64 models of them.
+
+The int64 models below are written from TFLite's and XNNPACK's kernel arithmetic
+(quantization_util.cc QuantizeMultiplier, gemmlowp SaturatingRoundingDoublingHighMul and
+RoundingDivideByPOT, ruy's rounding right shift, XNNPACK's qs8 vadd / reduce / vcvt), one
+integer operation at a time; the emulation works on float values as the Keras model holds them.
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 
-from tflite_export.convert import double_rounding_offset, requantization_shift
+from kerasq import ops, runtimes
+from kerasq.compat import tf
+from kerasq.runtimes import DOUBLE_HALF_AWAY, DOUBLE_HALF_UP, SINGLE, Target
 
 
 def quantize_multiplier(real: float) -> tuple[int, int]:
-    """TFLite's QuantizeMultiplier: Q31 significand and exponent with real = M0·2^(exponent-31)."""
-    significand, exponent = np.frexp(real)
-    m0 = int(round(significand * (1 << 31)))
-    if m0 == 1 << 31:
-        m0, exponent = m0 // 2, exponent + 1
-    return m0, int(exponent)
+    q, shift = math.frexp(real)
+    m0 = int(math.floor(q * 2**31 + 0.5))
+    if m0 == 2**31:
+        m0, shift = m0 // 2, shift + 1
+    return m0, shift
 
 
-def tflite_requantize(acc: np.ndarray, real: float) -> np.ndarray:
-    """MultiplyByQuantizedMultiplier as TFLite's built-in kernels run it (int64 arithmetic)."""
-    m0, exponent = quantize_multiplier(real)
-    left, right = max(exponent, 0), max(-exponent, 0)
-    product = (acc.astype(np.int64) << left) * m0
-    nudge = np.where(product >= 0, 1 << 30, 1 - (1 << 30))
-    high = np.trunc((product + nudge) / float(1 << 31)).astype(np.int64)  # exact: |.| < 2^53
-    mask = (1 << right) - 1
-    remainder = high & mask
-    threshold = (mask >> 1) + (high < 0)
-    return (high >> right) + (remainder > threshold)
+def srdhm(a: np.ndarray, m0: int) -> np.ndarray:
+    ab = a.astype(object) * m0
+    nudge = np.where(a >= 0, 1 << 30, 1 - (1 << 30))
+    total = ab + nudge
+    return np.array([int(t / (1 << 31)) if t >= 0 else -int(-t / (1 << 31)) for t in total.ravel()], np.int64).reshape(a.shape)
 
 
-@pytest.mark.parametrize("real", [0.7, 0.3, 0.04123, 0.0071, 2.0**-5])
-def test_two_roundings_equal_one_rounding_of_the_offset_value(real):
-    acc = np.arange(-20000, 20000)
-    got = tflite_requantize(acc, real)
-    shift = requantization_shift(real)
-    m0, exponent = quantize_multiplier(real)
-    v = acc * (m0 / 2.0**31) * 2.0**exponent  # acc·M with TFLite's Q31 multiplier, exact in float64
-    offset = 0.0 if shift == 0 else 2.0 ** -(shift + 1)
-    single = np.floor(v + 0.5)
-    shifted = np.where(v >= 0, np.floor(v + 0.5 + offset), -np.floor(-v + 0.5 + offset))
-    np.testing.assert_array_equal(got[v >= 0], shifted[v >= 0])
-    # Negative values mirror it, except exact ties of the first rounding (TFLite rounds those
-    # toward zero); ties need acc·M0 to be an odd multiple of 2^30, i.e. a short significand.
-    if m0 % (1 << 16):
-        assert np.mean(got[v < 0] == shifted[v < 0]) >= 0.999
-    if shift > 0:  # without the offset a share of about 2^-shift of the values round the other way
-        assert 0 < np.mean(got != single) <= 2.0 ** -(shift - 1)
-    else:
-        assert np.mean(got[v >= 0] == single[v >= 0]) == 1.0
+def rdpot(x: np.ndarray, exponent: int) -> np.ndarray:
+    mask = (1 << exponent) - 1
+    remainder = x & mask
+    threshold = (mask >> 1) + (x < 0)
+    return (x >> exponent) + (remainder > threshold)
 
 
-def test_requantization_shift_and_offset_known_values():
-    assert requantization_shift(0.7) == 0  # M >= 0.5: left shift, one rounding
-    assert requantization_shift(0.3) == 1  # 0.6 · 2^-1
-    assert requantization_shift(0.04) == 4  # 0.64 · 2^-4
-    assert requantization_shift(0.5) == 0
-    assert requantization_shift(0.4999999999) == 0  # the Q31 significand rounds up to 1.0
-    # input 0.02, weights 0.5 / 0.05, output 0.1: M = 0.1 (k = 3) and 0.01 (k = 6)
-    offsets = double_rounding_offset(0.02, np.array([0.5, 0.05, 3.0]), 0.1)
-    np.testing.assert_allclose(offsets, [0.1 / 16, 0.1 / 128, 0.0], rtol=1e-6)
-    assert offsets.dtype == np.float32
+def ruy_requantize(acc, real):
+    m0, shift = quantize_multiplier(real)
+    y = srdhm(np.asarray(acc, np.int64) << max(shift, 0), m0)
+    right = max(-shift, 0)
+    return (y + (1 << right >> 1)) >> right if right else y
+
+
+def gemmlowp_requantize(acc, real):
+    m0, shift = quantize_multiplier(real)
+    return rdpot(srdhm(np.asarray(acc, np.int64) << max(shift, 0), m0), max(-shift, 0))
+
+
+def grid(scale: float, zero_point: int) -> ops.Grid:
+    return ops.Grid(tf.constant(np.float32(scale)), tf.constant(np.float32(zero_point)), -128, 127)
+
+
+@pytest.mark.parametrize(
+    "real,expected",
+    # TFLite quantization_util_test.cc golden values.
+    [(0.75, (1610612736, 0)), (1.25, (1342177280, 1)), (2.0**-32, (1073741824, -31)), (0.5, (1073741824, 0)),
+     (1.0, (1073741824, 1)), (0.1, (1717986918, -3))],
+)
+def test_quantize_multiplier_golden(real, expected):
+    m0, shift = runtimes.quantize_multiplier(tf.constant([real], tf.float64))
+    assert (int(m0[0]), int(shift[0])) == expected == quantize_multiplier(real)
+
+
+def test_exact_ties_below_zero_round_up_in_ruy_and_away_in_gemmlowp():
+    # s_in = 1, s_w = 1/16, s_out = 1: M = 2^-4 -> M0 = 2^30, right shift 3; v = acc/16 exactly.
+    acc = np.array([-40, -24, -8, 8, 24, 40])  # v = -2.5, -1.5, -0.5, 0.5, 1.5, 2.5
+    z = tf.constant((acc / 16.0).astype(np.float32)[:, None])
+    for mode, expected in ((DOUBLE_HALF_UP, [-2, -1, 0, 1, 2, 3]), (DOUBLE_HALF_AWAY, [-3, -2, -1, 1, 2, 3])):
+        level = runtimes.requantize_weight_op(z, tf.constant(1.0), tf.constant([0.0625]), tf.constant(1.0), np.array([mode]))
+        assert level.numpy().ravel().tolist() == expected
+    single = runtimes.requantize_weight_op(z, tf.constant(1.0), tf.constant([0.0625]), tf.constant(1.0), np.array([SINGLE]))
+    np.testing.assert_array_equal(single.numpy(), z.numpy())  # left to the output quantizer
+
+
+@pytest.mark.parametrize("real", [0.3, 0.0457, 0.0123, 0.00617, 2.0**-7 * 1.37, 0.6, 1.7])
+def test_double_rounding_matches_the_integer_kernels_on_signed_accumulators(real):
+    rng = np.random.default_rng(int(real * 1e4))
+    reach = int(160 / real)  # accumulators whose output lies within the int8 range, and a margin
+    acc = np.concatenate([np.arange(-min(reach, 3000), min(reach, 3000) + 1), rng.integers(-reach, reach, 20000)])
+    s_in, s_out = np.float32(0.02), np.float32(0.031)
+    s_w = np.float32(real * s_out / s_in)
+    exact = float(s_in) * float(s_w) / float(s_out)  # the multiplier TFLite forms in double
+    z = (acc.astype(np.float64) * float(s_in) * float(s_w)).astype(np.float32)[:, None]
+    for mode, reference in ((DOUBLE_HALF_UP, ruy_requantize), (DOUBLE_HALF_AWAY, gemmlowp_requantize)):
+        level = runtimes.requantize_weight_op(
+            tf.constant(z), tf.constant(s_in), tf.constant([s_w]), tf.constant(s_out), np.array([mode])
+        ).numpy().ravel() / s_out
+        expected = reference(acc, exact)
+        mismatch = np.round(level) != expected
+        # A float32 accumulator is exact to ~1e-7 relative: only values that close to a first-step
+        # tie (v·2^r within that of n + 1/2) may land on the other side; every other code matches.
+        right_shift = max(-quantize_multiplier(exact)[1], 0)
+        scaled = acc * exact * 2.0**right_shift
+        near_tie = np.abs(scaled - np.floor(scaled) - 0.5) < 4e-7 * (1.0 + np.abs(scaled))
+        assert not np.any(mismatch & ~near_tie), (mode, acc[mismatch & ~near_tie][:5])
+        assert np.mean(mismatch) <= 0.01
+
+
+def test_weight_op_rounding_per_runtime_and_storage():
+    xnn, ref = Target("xnnpack"), Target("reference")
+    assert (runtimes.weight_op_rounding(xnn, "CONV_2D", "int8", 4, 3) == SINGLE).all()
+    assert (runtimes.weight_op_rounding(xnn, "CONV_2D", "int4", 4, 3) == DOUBLE_HALF_UP).all()
+    assert (runtimes.weight_op_rounding(xnn, "FULLY_CONNECTED", "int4", 4, 6) == SINGLE).all()  # even depth: XNNPACK
+    assert (runtimes.weight_op_rounding(xnn, "FULLY_CONNECTED", "int4", 4, 7) == DOUBLE_HALF_UP).all()
+    depthwise = runtimes.weight_op_rounding(xnn, "DEPTHWISE_CONV_2D", "int4", 19, 19)
+    assert depthwise.tolist() == [DOUBLE_HALF_UP] * 16 + [DOUBLE_HALF_AWAY] * 3  # NEON blocks of 8, scalar tail
+    assert (runtimes.weight_op_rounding(ref, "CONV_2D", "int8", 4, 3) == DOUBLE_HALF_AWAY).all()
+    assert (runtimes.weight_op_rounding(ref, "FULLY_CONNECTED", "int8", 4, 3) == SINGLE).all()
+
+
+def _xnnpack_add(a, b, sa, za, sb, zb, so, zo):
+    ra, rb = np.float32(sa) / np.float32(so), np.float32(sb) / np.float32(so)
+    shift = 20 - math.floor(math.log2(max(ra, rb)))
+    ma, mb = int(np.rint(float(ra) * 2.0**shift)), int(np.rint(float(rb) * 2.0**shift))
+    acc = (1 << (shift - 1)) - ma * za - mb * zb + ma * a.astype(np.int64) + mb * b.astype(np.int64)
+    return np.clip((acc >> shift) + zo, -128, 127)
+
+
+def _reference_add(a, b, sa, za, sb, zb, so, zo):
+    twice = 2.0 * max(float(np.float32(sa)), float(np.float32(sb)))
+    (ma, ea), (mb, eb) = quantize_multiplier(float(np.float32(sa)) / twice), quantize_multiplier(float(np.float32(sb)) / twice)
+    mo, eo = quantize_multiplier(twice / float(np.float32(2.0**20) * np.float32(so)))
+    ya = rdpot(srdhm((a.astype(np.int64) - za) << 20, ma), -ea)
+    yb = rdpot(srdhm((b.astype(np.int64) - zb) << 20, mb), -eb)
+    return np.clip(rdpot(srdhm(ya + yb, mo), -eo) + zo, -128, 127)
+
+
+@pytest.mark.parametrize("scales", [(0.5, 0, 0.5, 0, 1.0, 0), (0.02, -3, 0.031, 5, 0.045, -7), (0.1, 10, 0.003, -128, 0.05, 20)])
+def test_add_matches_xnnpack_and_reference_on_every_code_pair(scales):
+    sa, za, sb, zb, so, zo = scales
+    codes = np.arange(-128, 128)
+    a, b = np.meshgrid(codes, codes)
+    xa = tf.constant(((a - za) * np.float32(sa)).astype(np.float32))
+    xb = tf.constant(((b - zb) * np.float32(sb)).astype(np.float32))
+    for target, reference in ((Target("xnnpack"), _xnnpack_add), (Target("reference"), _reference_add)):
+        level = runtimes.add(target, xa, xb, grid(sa, za), grid(sb, zb), grid(so, zo)).numpy()
+        np.testing.assert_array_equal(np.clip(level + zo, -128, 127), reference(a, b, sa, za, sb, zb, so, zo))
+
+
+def test_mean_matches_xnnpack_arithmetic_including_ties():
+    rng = np.random.default_rng(3)
+    codes = rng.integers(-128, 128, (64, 4, 4, 12))
+    si, zi, so, zo = np.float32(0.05), -10, np.float32(0.05), -10  # equal grids: sums/16 tie often
+    x = tf.constant(((codes - zi) * si).astype(np.float32))
+    level = runtimes.mean(Target("xnnpack"), x, grid(si, zi), grid(so, zo)).numpy()
+    scale = np.float32(np.float32(si / so) * np.float32(np.float32(1.0) / np.float32(16)))
+    bias = np.float32(np.float32(zo) - np.float32(np.float32(16 * zi) * scale))
+    expected = np.clip(np.rint((codes.sum(axis=(1, 2)).astype(np.float32) * scale).astype(np.float32) + bias), -128, 127)
+    np.testing.assert_array_equal(np.clip(level + zo, -128, 127), expected)
+    ties = np.mean((codes.sum(axis=(1, 2)) - 16 * zi) % 16 == 8)
+    assert ties > 0.03  # the case where rounding half up (FakeQuant) would differ
+
+
+def test_requantize_int8_to_int8_keeps_eight_fractional_bits_on_xnnpack():
+    codes = np.arange(-128, 128)
+    si, zi, so, zo = np.float32(0.05), -3, np.float32(0.047), 7
+    x = tf.constant(((codes - zi) * si).astype(np.float32))
+    level = runtimes.requantize(Target("xnnpack"), x, grid(si, zi), grid(so, zo)).numpy()
+    m = int(np.rint(np.float32(256.0) * (si / so)))
+    np.testing.assert_array_equal(np.clip(level + zo, -128, 127), np.clip((((codes - zi) * m + 128) >> 8) + zo, -128, 127))
+    reference = runtimes.requantize(Target("reference"), x, grid(si, zi), grid(so, zo)).numpy()
+    np.testing.assert_array_equal(np.clip(reference + zo, -128, 127), np.clip(gemmlowp_requantize(codes - zi, float(si) / float(so)) + zo, -128, 127))

@@ -6,14 +6,21 @@
     tflite_export.evaluate(blob, x_test, y_test)    # top-1 accuracy with the LiteRT interpreter
     tflite_export.compare(qmodel, blob, x_test)     # parity in output LSBs
     tflite_export.benchmark(blob, num_threads=1)    # latency statistics in ms
+    tflite_export.save(blob, "model.tflite")        # atomic write
+
+``tflite_export.convert`` and ``tflite_export.inspect`` are the modules of those names, and
+calling them calls their function (``tflite_export.convert.convert``). The pipeline is
+``lower`` (Keras → integer IR, ``tflite_export.ir``) then ``writer`` (IR → bytes).
 """
 
-from tflite_export.convert import ExportError, convert
+import tflite_export.convert  # noqa: F401  (a callable module: tflite_export.convert(model))
+import tflite_export.inspect  # noqa: F401  (a callable module: tflite_export.inspect(blob))
+from tflite_export import ir, lower, writer  # noqa: F401
 from tflite_export.files import save
 from tflite_export.flatbuffer import InvalidModelError
-from tflite_export.inspect import ModelReport, inspect
+from tflite_export.inspect import ModelReport
+from tflite_export.lower import ExportError
 from tflite_export.runtime import LatencyStats, ParityReport, benchmark, compare, evaluate, run
-
 
 __all__ = [
     "ExportError",
@@ -26,6 +33,9 @@ __all__ = [
     "convert",
     "evaluate",
     "inspect",
+    "ir",
+    "lower",
     "run",
     "save",
+    "writer",
 ]

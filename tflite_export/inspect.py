@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import os
+import sys as _sys
+import types as _types
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Union
@@ -342,3 +344,13 @@ def inspect(model: Union[bytes, bytearray, str, os.PathLike]) -> ModelReport:
         per_channel_ops=[f"{w.op_index}:{w.op_name}" for w in weights if w.per_channel],
         weights=weights,
     )
+
+
+class _CallableModule(_types.ModuleType):
+    """``tflite_export.inspect(...)`` calls ``inspect``; ``import tflite_export.inspect`` gives the module."""
+
+    def __call__(self, *args, **kwargs):
+        return inspect(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableModule

@@ -18,7 +18,8 @@ import abc
 from typing import Any
 
 from kerasq.compat import keras
-from kerasq.layers import ActivationSpec, channel_axes
+from kerasq.activations import ActivationSpec
+from kerasq.layer_table import WeightSpec
 from kerasq.quantizers import (
     ActivationQuantizer,
     FixedRangeQuantizer,
@@ -27,9 +28,6 @@ from kerasq.quantizers import (
     WeightQuantizer,
 )
 from kerasq.registry import ConfigEquality, create, names, register
-
-WEIGHT_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
-
 
 class Scheme(ConfigEquality, metaclass=abc.ABCMeta):
     """Base class: a policy mapping a layer to its weight and activation quantizers.
@@ -47,8 +45,9 @@ class Scheme(ConfigEquality, metaclass=abc.ABCMeta):
         return self.weight_bits < 8 or self.activation_bits < 8
 
     @abc.abstractmethod
-    def weight_quantizer(self, layer: keras.layers.Layer) -> WeightQuantizer | None:
-        """Quantizer of ``layer``'s kernel (Conv2D, DepthwiseConv2D, Dense), None to keep it float."""
+    def weight_quantizer(self, layer: keras.layers.Layer, weight: WeightSpec) -> WeightQuantizer | None:
+        """Quantizer of one weight of ``layer`` (``weight.attribute``, e.g. ``"kernel"``; its output
+        channels are ``weight.channel_axes``), None to keep it float."""
 
     def activation_quantizer(self, layer: keras.layers.Layer, activation: ActivationSpec) -> ActivationQuantizer:
         """Quantizer of the output of ``layer`` after a fusable ``activation``.
@@ -97,12 +96,12 @@ class Linear(Scheme):
         self.per_channel = bool(per_channel)
         self.narrow_range = self.symmetric if narrow_range is None else bool(narrow_range)
 
-    def weight_quantizer(self, layer):
+    def weight_quantizer(self, layer, weight):
         return LinearWeightQuantizer(
             self.weight_bits,
             symmetric=self.symmetric,
             narrow_range=self.narrow_range,
-            channel_axes=channel_axes(layer) if self.per_channel else (),
+            channel_axes=weight.channel_axes if self.per_channel else (),
         )
 
     def get_config(self):

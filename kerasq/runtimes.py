@@ -1,0 +1,304 @@
+"""What the deployment runtimes compute, as TensorFlow functions: the Keras model rounds as they do.
+
+A quantized Keras model agrees with its .tflite file only if every op rounds where the
+runtime's integer kernel rounds. Where a runtime's arithmetic differs from "round the float
+result once" the quantized layers call the functions here, which reproduce the integer kernels
+bit for bit on the codes the Keras model holds:
+
+- ``target.runtime == "xnnpack"``: LiteRT's default interpreter (``OpResolverType.AUTO``) —
+  XNNPACK for INT8 convolutions, fully connected layers (also INT4 with an even input depth),
+  ADD, MEAN and QUANTIZE; LiteRT's built-in optimized kernels (ruy, and NEON code compiled for
+  x86 through NEON_2_SSE) for INT4 convolutions and what XNNPACK refuses.
+- ``target.runtime == "reference"``: LiteRT's reference kernels (``OpResolverType.BUILTIN_REF``),
+  the arithmetic TFLite Micro also uses for these ops: gemmlowp fixed point with two roundings.
+
+The rules were read in LiteRT 2.3's, XNNPACK's, ruy's and gemmlowp's sources and checked code by
+code against ai-edge-litert 2.3.0 on one-op models (every input code, exact ties included):
+
+==================  ===============================  =========================================
+op                  xnnpack target                   reference target
+==================  ===============================  =========================================
+weight op, INT8     one rounding of float32 acc·s    two roundings: ties up, then away from 0
+CONV_2D INT4        two roundings, both ties up      (same as above)
+DEPTHWISE INT4      ties up; last C mod 8 channels   (same as above)
+                    round the second time away
+FC INT4, odd depth  two roundings, both ties up      one rounding (REF FC is not fixed point)
+ADD                 21-bit multipliers, one          three gemmlowp roundings
+                    rounding, ties up
+MEAN (axes 1, 2)    float32 sum·scale, ties to even  integer multiplier, two roundings
+==================  ===============================  =========================================
+
+A weight op's accumulator is only known in Keras as a float32 convolution, exact to about 1e-7
+relative: its two-step rounding is reproduced except within that distance of a tie. ADD and
+MEAN read codes the Keras model holds exactly, so they are reproduced bit for bit.
+
+Every function takes codes or values and grid parameters as tensors (scales float32, zero
+points as float32 integers) and returns float32 tensors of integer values (codes or levels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from kerasq.compat import tf
+
+RUNTIMES = ("xnnpack", "reference")
+
+# Per-channel requantization of a weight op's accumulator.
+SINGLE, DOUBLE_HALF_UP, DOUBLE_HALF_AWAY = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Target:
+    """The runtime a quantized model is made to match, and how low-bit weights are stored.
+
+    Args:
+      runtime: ``"xnnpack"`` (LiteRT's default interpreter, the default) or ``"reference"``
+        (LiteRT's reference kernels and TFLite Micro).
+      pack_int4: store weight grids of at most 4 bits as packed INT4 (as ``convert`` does by
+        default); ``False`` stores them as widened INT8 codes. It decides which kernel runs a
+        layer, hence its rounding.
+    """
+
+    runtime: str = "xnnpack"
+    pack_int4: bool = True
+
+    def __post_init__(self):
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}. Received: runtime={self.runtime!r}")
+        if not isinstance(self.pack_int4, (bool, np.bool_)):
+            raise ValueError(f"pack_int4 must be a bool. Received: pack_int4={self.pack_int4!r}")
+
+    def get_config(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def get_target(target: "Target | str | dict | None") -> Target:
+    """A ``Target`` from an instance, a runtime name, a config dict or None (the default)."""
+    if target is None:
+        return Target()
+    if isinstance(target, Target):
+        return target
+    if isinstance(target, str):
+        return Target(runtime=target)
+    if isinstance(target, dict):
+        return Target(**target)
+    raise TypeError(f"target must be a kerasq Target, a runtime name or a config dict. Received: {target!r}")
+
+
+# --- which rounding a weight op gets ---------------------------------------------------------
+def weight_op_rounding(target: Target, op: str, storage: str, channels: int, input_depth: int) -> np.ndarray:
+    """Per-output-channel requantization mode (``SINGLE``/``DOUBLE_HALF_UP``/``DOUBLE_HALF_AWAY``).
+
+    Args:
+      op: ``"CONV_2D"``, ``"DEPTHWISE_CONV_2D"`` or ``"FULLY_CONNECTED"``.
+      storage: ``"int8"`` or ``"int4"`` (the weight tensor type written).
+      channels: output channels; input_depth: input channels (FULLY_CONNECTED's INT4 rule).
+    Returns: int array ``[channels]``.
+    """
+    modes = np.full(channels, SINGLE, np.int32)
+    if target.runtime == "reference":
+        if op != "FULLY_CONNECTED":  # reference_integer_ops: MultiplyByQuantizedMultiplier
+            modes[:] = DOUBLE_HALF_AWAY
+        return modes  # reference FULLY_CONNECTED rounds double(acc)·M once
+    if storage == "int8" or (op == "FULLY_CONNECTED" and input_depth % 2 == 0):
+        return modes  # XNNPACK: float32 acc·scale, one rounding
+    modes[:] = DOUBLE_HALF_UP  # ruy / NEON: SaturatingRoundingDoublingHighMul, rounding right shift
+    if op == "DEPTHWISE_CONV_2D":
+        # The optimized depthwise requantizes channel blocks of 8 with NEON code (ties up) and
+        # the remaining C mod 8 channels with the scalar gemmlowp code (ties away from zero).
+        modes[(channels // 8) * 8 :] = DOUBLE_HALF_AWAY
+    return modes
+
+
+# --- fixed-point primitives (int64 tensors) ---------------------------------------------------
+def _exp2(exponent: tf.Tensor, dtype=tf.float64) -> tf.Tensor:
+    """``2^e`` exactly, from the IEEE bit pattern (``pow`` need not be exact); ``e`` in the normal range."""
+    exponent = tf.cast(exponent, tf.int64)
+    if dtype == tf.float64:
+        return tf.bitcast(tf.bitwise.left_shift(exponent + 1023, tf.constant(52, tf.int64)), tf.float64)
+    return tf.bitcast(tf.cast(tf.bitwise.left_shift(exponent + 127, tf.constant(23, tf.int64)), tf.int32), tf.float32)
+
+
+def quantize_multiplier(real: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """TFLite's ``QuantizeMultiplier``: ``real = M0·2^(shift-31)`` with ``M0`` in ``[2^30, 2^31)``.
+
+    ``real``: float64 tensor > 0. Returns ``(M0, shift)`` as int64 tensors of its shape
+    (``frexp``, ``M0 = round_half_away(q·2^31)``, renormalized when it reaches ``2^31``).
+    Golden values (quantization_util_test.cc): 0.75 → (1610612736, 0); 1.25 → (1342177280, 1).
+    """
+    real = tf.convert_to_tensor(real, tf.float64)
+    exponent = tf.cast(tf.floor(tf.math.log(real) / np.log(2.0)), tf.int64) + 1
+    q = real / _exp2(exponent)
+    # log() is not exact at powers of two: bring q into [0.5, 1).
+    exponent = tf.where(q >= 1.0, exponent + 1, tf.where(q < 0.5, exponent - 1, exponent))
+    q = real / _exp2(exponent)
+    m0 = tf.floor(q * 2.0**31 + 0.5)
+    exponent = tf.where(m0 >= 2.0**31, exponent + 1, exponent)
+    m0 = tf.where(m0 >= 2.0**31, m0 / 2.0, m0)
+    return tf.cast(m0, tf.int64), exponent
+
+
+def _srdhm(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """gemmlowp ``SaturatingRoundingDoublingHighMul``: ``a·b/2^31``, ties toward +∞ (int64)."""
+    ab = a * b
+    nudge = tf.where(ab >= 0, tf.constant(1 << 30, tf.int64), tf.constant(1 - (1 << 30), tf.int64))
+    return tf.truncatediv(ab + nudge, tf.constant(1 << 31, tf.int64))
+
+
+def _rdpot(x: tf.Tensor, exponent: tf.Tensor) -> tf.Tensor:
+    """gemmlowp ``RoundingDivideByPOT``: ``x / 2^e``, ties away from zero (int64)."""
+    one = tf.constant(1, tf.int64)
+    mask = tf.bitwise.left_shift(one, exponent) - one
+    remainder = tf.bitwise.bitwise_and(x, mask)
+    threshold = tf.bitwise.right_shift(mask, one) + tf.cast(x < 0, tf.int64)
+    return tf.bitwise.right_shift(x, exponent) + tf.cast(remainder > threshold, tf.int64)
+
+
+def _mbqm(x: tf.Tensor, m0: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
+    """TFLite's ``MultiplyByQuantizedMultiplier`` (double rounding build), int64 in and out."""
+    zero = tf.constant(0, tf.int64)
+    left = tf.maximum(shift, zero)
+    right = tf.maximum(-shift, zero)
+    return _rdpot(_srdhm(tf.bitwise.left_shift(x, left), m0), right)
+
+
+def _codes(values: tf.Tensor, scale: tf.Tensor, zero_point: tf.Tensor) -> tf.Tensor:
+    """The int64 codes of values that lie on the grid ``(scale, zero_point)``."""
+    return tf.cast(tf.round(values / scale), tf.int64) + tf.cast(zero_point, tf.int64)
+
+
+# --- weight ops -------------------------------------------------------------------------------
+def requantize_weight_op(
+    z: tf.Tensor, input_scale: tf.Tensor, weight_scales: tf.Tensor, output_scale: tf.Tensor, modes: np.ndarray
+) -> tf.Tensor:
+    """``z`` (the op's float output before rounding, real units) moved onto the level the runtime picks.
+
+    Single-rounding channels keep ``z`` (the output quantizer rounds it). Double-rounding
+    channels get ``level·s_out``: with ``v = z/s_out`` and ``r`` the right shift of the channel's
+    multiplier ``M = s_in·s_w[c]/s_out`` (``QuantizeMultiplier``), ``n = floor(v·2^r + 1/2)``
+    (SaturatingRoundingDoublingHighMul) and ``level = round(n / 2^r)`` with ties up (ruy, NEON)
+    or away from zero (gemmlowp's RoundingDivideByPOT).
+
+    Args:
+      z: float32 ``[..., channels]``. input_scale, output_scale: float32 scalars.
+      weight_scales: float32 ``[channels]``, the scales as stored (after any widening of the codes).
+      modes: ``weight_op_rounding`` of the layer.
+    Returns: float32 tensor like ``z``.
+    """
+    if not np.any(modes != SINGLE):
+        return z
+    multiplier = (
+        tf.cast(input_scale, tf.float64) * tf.cast(weight_scales, tf.float64) / tf.cast(output_scale, tf.float64)
+    )
+    _, shift = quantize_multiplier(multiplier)
+    right_shift = tf.maximum(-shift, 0)
+    step = tf.cast(tf.bitwise.left_shift(tf.constant(1, tf.int64), right_shift), tf.float32)
+    half = step / 2.0
+    v = z / output_scale
+    n = tf.floor(v * step + 0.5)
+    up = tf.floor((n + half) / step)
+    away = tf.where(n >= 0.0, up, -tf.floor((half - n) / step))
+    level = tf.where(tf.constant(modes == DOUBLE_HALF_AWAY), away, up)
+    return tf.where(tf.constant(modes == SINGLE), z, level * output_scale)
+
+
+# --- ADD --------------------------------------------------------------------------------------
+def _add_xnnpack(a, b, scale_a, scale_b, scale_out, zero_out):
+    """XNNPACK qs8 vadd (src/microparams-init.c, qs8-vadd/*): one rounding, ties up.
+
+    ``m_i = lrintf(f32(s_i/s_o)·2^shift)``, ``shift = 20 - floor(log2 max_i m_i)``;
+    ``out = (2^(shift-1) + m_a·a + m_b·b) >> shift + z_o`` on zero-centred codes ``a, b``.
+    """
+    ratio_a = scale_a / scale_out
+    ratio_b = scale_b / scale_out
+    largest = tf.maximum(ratio_a, ratio_b)
+    exponent = tf.cast(tf.bitwise.right_shift(tf.bitcast(largest, tf.int32), 23), tf.int64) - 127
+    shift = 20 - exponent
+    power = _exp2(shift, tf.float32)
+    m_a = tf.cast(tf.round(ratio_a * power), tf.int64)  # lrintf: ties to even
+    m_b = tf.cast(tf.round(ratio_b * power), tf.int64)
+    one = tf.constant(1, tf.int64)
+    acc = tf.bitwise.left_shift(one, shift - 1) + m_a * a + m_b * b
+    return tf.bitwise.right_shift(acc, shift) + tf.cast(zero_out, tf.int64)
+
+
+def _add_reference(a, b, scale_a, scale_b, scale_out, zero_out):
+    """TFLite reference ADD (reference/integer_ops/add.h): three gemmlowp roundings."""
+    twice_max = 2.0 * tf.cast(tf.maximum(scale_a, scale_b), tf.float64)
+    m_a, s_a = quantize_multiplier(tf.cast(scale_a, tf.float64) / twice_max)
+    m_b, s_b = quantize_multiplier(tf.cast(scale_b, tf.float64) / twice_max)
+    out_scale32 = tf.cast(tf.constant(2.0**20, tf.float32) * scale_out, tf.float64)
+    m_o, s_o = quantize_multiplier(twice_max / out_scale32)
+    left = tf.constant(20, tf.int64)
+    y_a = _mbqm(tf.bitwise.left_shift(a, left), m_a, s_a)
+    y_b = _mbqm(tf.bitwise.left_shift(b, left), m_b, s_b)
+    return _mbqm(y_a + y_b, m_o, s_o) + tf.cast(zero_out, tf.int64)
+
+
+def add(target: Target, x_a, x_b, grid_a, grid_b, grid_out) -> tf.Tensor:
+    """``x_a + x_b`` as the runtime's int8 ADD computes it, as a level of ``grid_out`` (real units / scale).
+
+    ``x_a``, ``x_b``: values on ``grid_a``/``grid_b`` (``ops.Grid``); returns float32 ``out_code - z_o``
+    before clamping, so the caller's activation and output quantizer clamp as the kernel's fused
+    activation does. XNNPACK takes the op only when both ``s_i/s_o`` lie in ``[1/1024, 256)``;
+    otherwise LiteRT's optimized ADD runs, which rounds like the reference.
+    """
+    a = _codes(x_a, grid_a.scale, 0.0)
+    b = _codes(x_b, grid_b.scale, 0.0)
+    reference = _add_reference(a, b, grid_a.scale, grid_b.scale, grid_out.scale, 0.0)
+    if target.runtime == "reference":
+        return tf.cast(reference, tf.float32)
+    xnnpack = _add_xnnpack(a, b, grid_a.scale, grid_b.scale, grid_out.scale, 0.0)
+    ratios = tf.stack([grid_a.scale / grid_out.scale, grid_b.scale / grid_out.scale])
+    delegated = tf.reduce_all((ratios >= 1.0 / 1024.0) & (ratios < 256.0))
+    return tf.cast(tf.where(delegated, xnnpack, reference), tf.float32)
+
+
+# --- MEAN over the spatial axes ---------------------------------------------------------------
+def mean(target: Target, x: tf.Tensor, grid_in, grid_out, axes: tuple[int, ...] = (1, 2), keepdims: bool = False) -> tf.Tensor:
+    """The runtime's int8 MEAN of ``x`` (values on ``grid_in``) over ``axes``, as ``out_code - z_o``.
+
+    XNNPACK (src/operators/reduce-nd.c): ``sc = f32(f32(s_i/s_o)·f32(1/N))``,
+    ``out = nearbyint(f32(f32(Σq)·sc) + f32(z_o - f32(f32(N·z_i)·sc)))`` (ties to even).
+    Reference (reference/reduce.h ``QuantizedMeanOrSum``): ``M' = (M0·2^k) // N`` with
+    ``k = min(floor(log2 N), 32, 31 + shift)``, ``out = MBQM(Σq - z_i·N, M', shift - k) + z_o``.
+    Keep-dims does not change the arithmetic. Returns float32 of the reduced shape.
+    """
+    q = _codes(x, grid_in.scale, grid_in.zero_point)
+    count = int(np.prod([int(x.shape[a]) for a in axes]))
+    total = tf.reduce_sum(q, axis=list(axes), keepdims=keepdims)
+    if target.runtime == "xnnpack":
+        scale = (grid_in.scale / grid_out.scale) * tf.constant(np.float32(1.0) / np.float32(count), tf.float32)
+        zero_in = tf.cast(tf.cast(count, tf.float32) * grid_in.zero_point, tf.float32)
+        bias = grid_out.zero_point - zero_in * scale
+        code = tf.round(tf.cast(total, tf.float32) * scale + bias)
+        return code - grid_out.zero_point
+    m0, shift = quantize_multiplier(tf.cast(grid_in.scale, tf.float64) / tf.cast(grid_out.scale, tf.float64))
+    k = tf.minimum(tf.constant(count.bit_length() - 1, tf.int64), tf.minimum(tf.constant(32, tf.int64), 31 + shift))
+    m_count = tf.math.floordiv(tf.bitwise.left_shift(m0, k), tf.constant(count, tf.int64))
+    centred = total - tf.cast(grid_in.zero_point, tf.int64) * count
+    return tf.cast(_mbqm(centred, m_count, shift - k), tf.float32)
+
+
+# --- QUANTIZE (int8 → int8) -------------------------------------------------------------------
+def requantize(target: Target, x: tf.Tensor, grid_in, grid_out) -> tf.Tensor:
+    """The runtime's int8→int8 QUANTIZE of ``x`` (on ``grid_in``) onto ``grid_out``, as ``out_code - z_o``.
+
+    XNNPACK (qs8-vcvt) when ``1/256 <= s_i/s_o <= 128``: ``m = lrintf(256·f32(s_i/s_o))``,
+    ``((q - z_i)·m + 128) >> 8`` (8 fractional bits, ties up); reference:
+    ``MBQM(q - z_i, QuantizeMultiplier(s_i/s_o))``.
+    """
+    q = _codes(x, grid_in.scale, 0.0)
+    ratio = grid_in.scale / grid_out.scale
+    m0, shift = quantize_multiplier(tf.cast(grid_in.scale, tf.float64) / tf.cast(grid_out.scale, tf.float64))
+    reference = _mbqm(q, m0, shift)
+    if target.runtime == "reference":
+        return tf.cast(reference, tf.float32)
+    m = tf.cast(tf.round(256.0 * ratio), tf.int64)
+    xnnpack = tf.bitwise.right_shift(q * m + 128, tf.constant(8, tf.int64))
+    delegated = (ratio >= 1.0 / 256.0) & (ratio <= 128.0)
+    return tf.cast(tf.where(delegated, xnnpack, reference), tf.float32)

@@ -1,0 +1,417 @@
+"""Lower a quantized Keras model to the integer IR: one lowering per layer type of the table.
+
+``lower(model)`` walks the ``QuantizedModel`` in order and emits ops into a ``tflite_export.ir.Graph``.
+It reads the model and never writes it: every scale, zero point, weight code and bias code
+comes from the layers' own quantizers (the same TensorFlow computations the forward pass
+runs), so nothing is rounded twice and nothing is decided after an op is emitted.
+
+- weights: the quantizer's integer codes and per-channel scales (``QuantizedLayer.weight_grid``);
+  grids of at most 4 bits stored as INT4 when ``pack_int4``, others as INT8, with codes widened
+  by a power of two ``k`` (codes·k, scale/k) to use the storage range — ``codes·scale`` stays
+  bit-identical and the requantization multiplier shrinks by ``k``;
+- biases: the int32 codes the layer adds (``QuantizedLayer.bias_grid``), times ``k``;
+- activations: each quantizer's grid. A k-bit grid (k < 8) lives in ``2^k`` consecutive int8
+  codes, clamped by MINIMUM/MAXIMUM and re-expressed for consumers on a finer grid by an exact
+  QUANTIZE (``kerasq.ops.widened``); a binary activation is CAST → GREATER_EQUAL → SELECT_V2
+  with the sign decision folded into the weight op's bias.
+
+Layer types map to lowerings in ``LOWERINGS`` (by exact class, like ``kerasq.layer_table``);
+adding a layer type to kerasq means one table entry there and one lowering here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from kerasq.activations import ActivationSpec
+from kerasq.compat import keras
+from kerasq.graph import LayerGraph, Node
+from kerasq.layer_table import rule_for
+from kerasq.layers import QuantizedLayer, QuantizeInput, Requantize, STORAGE_LIMITS, storage_of, storage_widening
+from kerasq.ops import AffineParams, widened
+from kerasq.runtimes import Target
+from tflite_export.ir import Graph, Quantization
+
+__all__ = ["ExportError", "LOWERINGS", "Lowering", "lower", "lowers"]
+
+_FUSED = {"linear": "NONE", "relu": "RELU"}
+_ACTIVATION_OPS = {"softmax": "SOFTMAX", "sigmoid": "LOGISTIC", "tanh": "TANH"}
+
+
+class ExportError(ValueError):
+    """The model cannot be written as an integer-only flatbuffer; the message names the layer."""
+
+
+Source = tuple[int, AffineParams]
+LOWERINGS: dict[type, Callable] = {}
+
+
+def lowers(*classes: type) -> Callable:
+    """Register the decorated function as the lowering of Keras layer ``classes`` (exact classes)."""
+
+    def register(function: Callable) -> Callable:
+        for cls in classes:
+            LOWERINGS[cls] = function
+        return function
+
+    return register
+
+
+def _shape(layer) -> list[int]:
+    return [int(d) for d in layer.output_shape[1:]]
+
+
+class Lowering:
+    """The state of one lowering: the IR under construction and what each layer produced."""
+
+    def __init__(self, model: keras.Model, input_type: str, output_type: str, pack_int4: bool):
+        self.model = model
+        self.graph = LayerGraph.from_model(model)
+        self.input_type, self.output_type = input_type, output_type
+        self.target = Target(getattr(model, "target", Target()).runtime, bool(pack_int4))
+        self.ir = Graph(description="kerasq integer-only export")
+        # What consumers of a layer read (a k-bit output: its widened copy) and what a model output is.
+        self.produced: dict[str, Source] = {}
+        self.model_outputs: dict[str, Source] = {}
+
+    def run(self) -> Graph:
+        for node in self.graph.nodes:
+            layer = node.layer
+            if isinstance(layer, Requantize):
+                self._requantize(node)
+            elif isinstance(layer, QuantizeInput):
+                self._quantize_input(node)
+            elif isinstance(layer, QuantizedLayer):
+                self._quantized(node)
+            elif type(layer) in LOWERINGS:
+                LOWERINGS[type(layer)](self, node)
+            else:
+                raise ExportError(
+                    f"Layer {layer.name!r} ({type(layer).__name__}) is not quantized and has no integer TFLite "
+                    "kernel in kerasq's exporter; quantize it (remove its `None` entry in layer_schemes) or "
+                    "replace it with a supported layer."
+                )
+        self.ir.outputs = [self._model_output(name) for name in self.graph.outputs]
+        return self.ir
+
+    # --- helpers -------------------------------------------------------------------------------
+    def source(self, name: str, consumer) -> Source:
+        if name not in self.produced:
+            raise ExportError(
+                f"Layer {consumer.name!r} reads {name!r}, which is not quantized (a float model input or a "
+                "layer kept in float); integer-only export needs a quantized input."
+            )
+        return self.produced[name]
+
+    def same_grid(self, node: Node, op: str | None, extra_inputs: list[int] = (), **options) -> None:
+        """Emit ``op`` with an output on its input's grid (or pass the input on when ``op`` is None)."""
+        index, params = self.source(node.inbound[0], node.layer)
+        if op is None:
+            self.produced[node.name] = (index, params)
+            return
+        out = self.ir.activation(node.name, _shape(node.layer), params)
+        self.ir.add_operator(op, [index, *extra_inputs], [out], **options)
+        self.produced[node.name] = (out, params)
+
+    def finish(self, name: str, index: int, params: AffineParams, shape: list[int]) -> None:
+        """Record a layer output: clamp a k-bit grid to its codes, then widen it for consumers.
+
+        A k-bit grid (k < 8) uses ``2^k`` int8 codes. MINIMUM/MAXIMUM with a constant code clamp
+        the op's output to them, so the tensor holds exactly the values the Keras model computes
+        (a model output is that tensor). A QUANTIZE op then re-expresses the grid exactly for
+        consumers at ``kerasq.ops.widened``'s finer scale: its multiplier is an integer.
+        """
+        for op, code, bound, suffix in (("MINIMUM", params.code_max, 127, "max"), ("MAXIMUM", params.code_min, -128, "min")):
+            if code == bound:
+                continue
+            constant = self.ir.constant(
+                f"{name}/code_{suffix}", np.array(code, np.int8), "int8", Quantization([params.scale], [params.zero_point])
+            )
+            clamped = self.ir.activation(f"{name}/clamped" + ("" if suffix == "max" else "_min"), shape, params)
+            self.ir.add_operator(op, [index, constant], [clamped])
+            index = clamped
+        self.model_outputs[name] = (index, params)
+        fine = widened(params)
+        if fine == params:
+            self.produced[name] = (index, params)
+            return
+        wide = self.ir.activation(f"{name}/widened", shape, fine)
+        self.ir.add_operator("QUANTIZE", [index], [wide])
+        self.produced[name] = (wide, fine)
+
+    # --- kerasq layers -------------------------------------------------------------------------
+    def _quantize_input(self, node: Node) -> None:
+        layer = node.layer
+        input_name = node.inbound[0]
+        if input_name not in self.graph.inputs:
+            raise ExportError(
+                f"Layer {input_name!r} feeding {layer.name!r} is kept in float (layer_schemes maps it to None); "
+                "integer-only export needs every layer quantized."
+            )
+        params = layer.activation_params()
+        shape = [int(d) for d in self.graph.inputs[input_name]]
+        if self.input_type == "int8":
+            index = self.ir.activation(input_name, shape, params)
+            self.ir.inputs.append(index)
+        else:
+            raw = self.ir.plain(input_name, shape, "float32")
+            self.ir.inputs.append(raw)
+            index = self.ir.activation(f"{input_name}/quantized", shape, params)
+            self.ir.add_operator("QUANTIZE", [raw], [index])
+        self.finish(layer.name, index, params, shape)
+
+    def _requantize(self, node: Node) -> None:
+        index, _ = self.source(node.inbound[0], node.layer)
+        params = node.layer.activation_params()
+        shape = _shape(node.layer)
+        out = self.ir.activation(node.name, shape, params)
+        self.ir.add_operator("QUANTIZE", [index], [out])
+        self.finish(node.name, out, params, shape)
+
+    def _quantized(self, node: Node) -> None:
+        wrapper: QuantizedLayer = node.layer
+        spec: ActivationSpec = wrapper.activation
+        shape = _shape(wrapper)
+        sources = [self.source(name, wrapper) for name in node.inbound]
+        sign = wrapper.activation_quantizer if getattr(wrapper.activation_quantizer, "binary", False) else None
+        if sign is not None and not spec.fusable:
+            raise ExportError(
+                f"Layer {wrapper.name!r} binarizes the output of its {spec.kind} activation; a binary activation "
+                "exports only as the layer output (linear or ReLU activation)."
+            )
+        if spec.fusable:
+            op_params = sign.input_params(wrapper.activation_quantizer_variables) if sign else wrapper.activation_params()
+            fused = _FUSED[spec.kind]
+        else:
+            op_params = wrapper.pre_activation_params()
+            fused = "NONE"
+        lowering = LOWERINGS.get(type(wrapper.layer))
+        if lowering is None:
+            raise ExportError(f"Layer {wrapper.name!r} ({type(wrapper.layer).__name__}) has no integer TFLite export rule.")
+        out = lowering(self, wrapper, sources, shape, op_params, fused, sign)
+        if sign is not None:
+            threshold = 0 if wrapper.weight_quantizers else sign.threshold_code(wrapper.activation_quantizer_variables)
+            result = _sign_activation(self.ir, wrapper, out, shape, threshold)
+            self.produced[wrapper.name] = self.model_outputs[wrapper.name] = (result, wrapper.activation_params())
+            return
+        if not spec.fusable:
+            act_params = wrapper.activation_params()
+            act_out = self.ir.activation(f"{wrapper.name}/{spec.kind}", shape, act_params)
+            options = {"beta": 1.0} if spec.kind == "softmax" else {}
+            self.ir.add_operator(_ACTIVATION_OPS[spec.kind], [out], [act_out], **options)
+            out, op_params = act_out, act_params
+        self.finish(wrapper.name, out, op_params, shape)
+
+    def _model_output(self, name: str) -> int:
+        index, params = self.model_outputs.get(name) or self.produced[name]
+        if self.output_type == "int8":
+            return index
+        shape = [int(d) for d in self.ir.tensors[index].shape[1:]]
+        raw = self.ir.plain(f"{name}/dequantized", shape, "float32")
+        self.ir.add_operator("DEQUANTIZE", [index], [raw])
+        return raw
+
+
+def lower(model: keras.Model, *, input_type: str = "int8", output_type: str = "int8", pack_int4: bool = True) -> Graph:
+    """The integer IR of a quantized model (see the module docstring)."""
+    return Lowering(model, input_type, output_type, pack_int4).run()
+
+
+# --- weight ops -------------------------------------------------------------------------------
+@lowers(keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+def _weight_op(ctx: Lowering, wrapper: QuantizedLayer, sources, shape, out_params, fused, sign) -> int:
+    """CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED with per-channel weight scales and an int32 bias."""
+    inner = wrapper.layer
+    x_index, x_params = sources[0]
+    grid = wrapper.weight_grid()
+    # Equal up to float32 rounding: a channel scale f makes the forward pass compute
+    # (codes·s)·f while the file stores codes·(s·f), at most a few ulp apart.
+    if not np.allclose(grid.dequantize(), wrapper.quantized_kernel(), rtol=2.0**-20, atol=0.0):
+        raise ExportError(
+            f"Layer {wrapper.name!r}: {type(wrapper.weight_quantizer).__name__}.integer_grid does not reproduce "
+            "the kernel the forward pass uses; the quantizer breaks kerasq's export contract."
+        )
+    storage = storage_of(grid.bits, ctx.target)
+    limit = STORAGE_LIMITS[storage]
+    peak = int(np.abs(grid.codes).max()) if grid.codes.size else 0
+    if peak > limit:
+        raise ExportError(
+            f"Layer {wrapper.name!r}: weight codes reach {peak}, beyond the symmetric {limit} that "
+            f"{storage.upper()} storage with zero point 0 holds. Asymmetric 8-bit weights cannot be stored "
+            "exactly by TFLite; use symmetric weights."
+        )
+    k = storage_widening(peak, storage)
+    codes = grid.codes * k
+    op = rule_for(inner).op
+    if op == "DEPTHWISE_CONV_2D":  # Keras [h, w, in, m] -> TFLite [1, h, w, in*m], channel axis 3
+        h, w, cin, mult = codes.shape
+        tfl_codes, axis, channels = codes.reshape(1, h, w, cin * mult), 3, cin * mult
+    elif op == "CONV_2D":  # [h, w, in, out] -> [out, h, w, in]
+        tfl_codes, axis, channels = np.transpose(codes, (3, 0, 1, 2)), 0, codes.shape[-1]
+    else:  # Dense [in, out] -> [out, in]
+        tfl_codes, axis, channels = codes.T, 0, codes.shape[-1]
+    unwidened = np.broadcast_to(grid.scale.reshape(-1), (channels,)).astype(np.float32)
+    scales = (unwidened / np.float32(k)).astype(np.float32)
+    per_tensor = bool(np.all(scales == scales[0]))
+    stored = scales[:1] if per_tensor else scales
+    w_index = ctx.ir.constant(
+        f"{wrapper.name}/kernel", tfl_codes, storage, Quantization(stored, np.zeros(stored.size), axis)
+    )
+    bias_scales = (np.float32(x_params.scale) * scales).astype(np.float32)
+    _check_xnnpack_scale(ctx, wrapper, op, storage, x_params, scales, out_params, sign, int(tfl_codes.shape[-1]))
+    if sign is not None:
+        bias_codes = _sign_decision_bias(wrapper, sign, bias_scales)
+        out_params = AffineParams(float(bias_scales.min()), 0, -128, 127)
+        fused = "NONE"
+    else:
+        bias_codes = wrapper.bias_codes() * k
+    b_index = ctx.ir.constant(
+        f"{wrapper.name}/bias",
+        np.clip(bias_codes, -(2**31), 2**31 - 1).astype(np.int32),
+        "int32",
+        Quantization(bias_scales[:1] if per_tensor else bias_scales, np.zeros(1 if per_tensor else channels)),
+    )
+    out = ctx.ir.activation(wrapper.name, shape, out_params)
+    if op == "FULLY_CONNECTED":
+        ctx.ir.add_operator(op, [x_index, w_index, b_index], [out], fused_activation_function=fused)
+        return out
+    options = dict(
+        padding=inner.padding.upper(),
+        stride_h=int(inner.strides[0]),
+        stride_w=int(inner.strides[1]),
+        dilation_h_factor=int(inner.dilation_rate[0]),
+        dilation_w_factor=int(inner.dilation_rate[1]),
+        fused_activation_function=fused,
+    )
+    if op == "DEPTHWISE_CONV_2D":
+        options["depth_multiplier"] = int(inner.depth_multiplier)
+    ctx.ir.add_operator(op, [x_index, w_index, b_index], [out], **options)
+    return out
+
+
+def _check_xnnpack_scale(ctx, wrapper, op, storage, x_params, scales, out_params, sign, input_depth) -> None:
+    """LiteRT's default interpreter fails to prepare an XNNPACK node whose requantization scale is >= 256."""
+    delegated = storage == "int8" or (op == "FULLY_CONNECTED" and input_depth % 2 == 0)
+    if sign is not None or not delegated:
+        return
+    requant = (np.float32(x_params.scale) * scales).astype(np.float32) / np.float32(out_params.scale)
+    if np.any(requant >= 256.0):
+        raise ExportError(
+            f"Layer {wrapper.name!r}: its output grid (scale {out_params.scale:.3g}) is over 256 times finer than "
+            f"s_in·s_w (up to {float(requant.max() * out_params.scale):.3g}); LiteRT's XNNPACK kernels refuse such "
+            "a model. The output range is nearly empty: train or calibrate the model so it is observed."
+        )
+
+
+def _sign_decision_bias(wrapper: QuantizedLayer, sign, bias_scales: np.ndarray) -> np.ndarray:
+    """The int32 bias that makes the op's output ``>= 0`` exactly where Keras' sign is ``+1``.
+
+    Keras: ``+1`` iff ``x̂ = FakeQuant(act(y)) >= 0`` (``> 0`` after a ReLU), i.e. iff ``y >= θ``
+    with ``θ = (t - zp - 1/2)·S`` on ``x̂``'s grid (always, if ``θ`` is below the clamped range).
+    With ``y = s_b·Σ + b`` (``Σ`` the integer accumulator, ``s_b = s_in·s_w[c]`` as stored) that is
+    ``Σ >= A_c = ceil((θ - b_c)/s_b[c])``: the bias ``-A_c`` puts the decision at accumulator 0,
+    and the op's output (no fused activation, scale ``min s_b`` so every multiplier is ``>= 1``,
+    zero point 0) is ``>= 0`` exactly when ``Σ >= A_c``.
+    """
+    variables = wrapper.activation_quantizer_variables
+    pre = sign.input_params(variables)
+    theta = (sign.threshold_code(variables) - pre.zero_point - 0.5) * pre.scale
+    lowest = (pre.code_min - pre.zero_point) * pre.scale
+    channels = bias_scales.size
+    bias = wrapper.quantized_bias()
+    bias = np.zeros(channels) if bias is None else bias.astype(np.float64)
+    if theta < lowest:  # the clamped x̂ is never negative: always +1
+        threshold = np.full(channels, -(2**30), np.int64)
+    else:
+        threshold = np.ceil((theta - bias) / bias_scales.astype(np.float64)).astype(np.int64)
+    return -threshold
+
+
+def _sign_activation(ir: Graph, wrapper: QuantizedLayer, x_index: int, shape: list[int], threshold: int) -> int:
+    """Binary activation ``β·sign(x̂)`` as integer ops; returns the int8 output tensor.
+
+    ``CAST`` (int8 codes to int32, values unchanged) → ``GREATER_EQUAL(codes, t)`` → bool →
+    ``SELECT_V2(cond, +1, -1)`` into int8 with scale ``β``, zero point 0. The comparison runs on
+    raw int32 codes: LiteRT's int8 GREATER_EQUAL rescales its inputs (``(q - zp)·2^8·S`` in
+    fixed point), which merges neighbouring codes when ``S < 1/512``.
+    """
+    params = wrapper.activation_params()
+    codes = ir.plain(f"{wrapper.name}/codes", shape, "int32")
+    ir.add_operator("CAST", [x_index], [codes], in_data_type="int8", out_data_type="int32")
+    t_index = ir.constant(f"{wrapper.name}/threshold", np.array(threshold, np.int32), "int32")
+    positive = ir.plain(f"{wrapper.name}/positive", shape, "bool")
+    ir.add_operator("GREATER_EQUAL", [codes, t_index], [positive])
+    plus, minus = (
+        ir.constant(f"{wrapper.name}/{name}", np.array(code, np.int8), "int8", Quantization([params.scale], [0]))
+        for name, code in (("plus_one", 1), ("minus_one", -1))
+    )
+    out = ir.activation(f"{wrapper.name}/sign", shape, params)
+    ir.add_operator("SELECT_V2", [positive, plus, minus], [out])
+    return out
+
+
+# --- ops with an own output grid ---------------------------------------------------------------
+@lowers(keras.layers.Add)
+def _add(ctx: Lowering, wrapper, sources, shape, out_params, fused, sign) -> int:
+    out = ctx.ir.activation(wrapper.name, shape, out_params)
+    ctx.ir.add_operator("ADD", [s[0] for s in sources], [out], fused_activation_function=fused)
+    return out
+
+
+@lowers(keras.layers.GlobalAveragePooling2D)
+def _mean(ctx: Lowering, wrapper, sources, shape, out_params, fused, sign) -> int:
+    if fused != "NONE":
+        raise ExportError(f"Layer {wrapper.name!r}: MEAN has no fused activation; a ReLU after a global average pool is not exported.")
+    axes = ctx.ir.constant(f"{wrapper.name}/axes", np.array([1, 2], np.int32), "int32")
+    out = ctx.ir.activation(wrapper.name, shape, out_params)
+    ctx.ir.add_operator("MEAN", [sources[0][0], axes], [out], keep_dims=bool(wrapper.layer.keepdims))
+    return out
+
+
+# --- ops on their input's grid -----------------------------------------------------------------
+@lowers(keras.layers.Dropout)
+def _identity(ctx: Lowering, node: Node) -> None:
+    ctx.same_grid(node, None)
+
+
+@lowers(keras.layers.MaxPooling2D)
+def _max_pool(ctx: Lowering, node: Node) -> None:
+    layer = node.layer
+    ctx.same_grid(
+        node, "MAX_POOL_2D", padding=layer.padding.upper(), stride_h=int(layer.strides[0]), stride_w=int(layer.strides[1]),
+        filter_height=int(layer.pool_size[0]), filter_width=int(layer.pool_size[1]), fused_activation_function="NONE",
+    )
+
+
+@lowers(keras.layers.Flatten, keras.layers.Reshape)
+def _reshape(ctx: Lowering, node: Node) -> None:
+    shape = _shape(node.layer)
+    new_shape = ctx.ir.constant(f"{node.name}/shape", np.array([-1, *shape], np.int32), "int32")
+    ctx.same_grid(node, "RESHAPE", [new_shape], new_shape=[-1, *shape])
+
+
+@lowers(keras.layers.ZeroPadding2D)
+def _zero_padding(ctx: Lowering, node: Node) -> None:
+    (top, bottom), (left, right) = node.layer.padding
+    paddings = np.array([[0, 0], [top, bottom], [left, right], [0, 0]], np.int32)
+    ctx.same_grid(node, "PAD", [ctx.ir.constant(f"{node.name}/paddings", paddings, "int32")])
+
+
+@lowers(keras.layers.Concatenate)
+def _concatenate(ctx: Lowering, node: Node) -> None:
+    sources = [ctx.source(name, node.layer) for name in node.inbound]
+    params = sources[0][1]
+    if any(p != params for _, p in sources):
+        raise ExportError(
+            f"Concatenate {node.name!r}: its inputs are on different grids {[p for _, p in sources]}; TFLite's "
+            "CONCATENATION copies codes and needs one grid (quantize_model shares it; was the model built by it?)."
+        )
+    shape = _shape(node.layer)
+    out = ctx.ir.activation(node.name, shape, params)
+    ctx.ir.add_operator(
+        "CONCATENATION", [s[0] for s in sources], [out], axis=int(node.layer.axis % (len(shape) + 1)),
+        fused_activation_function="NONE",
+    )
+    ctx.produced[node.name] = (out, params)
