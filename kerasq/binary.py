@@ -324,6 +324,7 @@ class SignActivationQuantizer(ActivationQuantizer):
     """
 
     bits = 1
+    binary = True
 
     def __init__(self, method: str = "xnor", decay: float = 0.99, after_relu: bool = False):
         self.method = _check_method(method, BINARY_ACTIVATION_METHODS)

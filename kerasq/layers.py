@@ -373,7 +373,7 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
     # --- the runtime's rounding -------------------------------------------------------------------
     def _requantize(self, z, inputs, grid: ops.Grid):
         """``z`` moved where the target runtime's integer kernel rounds it (see ``kerasq.runtimes``)."""
-        if getattr(self.activation_quantizer, "binary", False):
+        if any(getattr(q, "binary", False) for q in (self.activation_quantizer, self.pre_activation_quantizer)):
             return z  # the exporter turns a sign decision into an exact accumulator test
         target = self._links.target
         if self.weight_quantizers:

@@ -175,6 +175,8 @@ class ActivationQuantizer(Quantizer):
     """
 
     observer: Observer | None = None
+    # True for quantizers whose output is a sign (±β): the exporter writes a comparison, not a rounding.
+    binary = False
 
     def build(self, tensor_shape, name, layer):
         return {} if self.observer is None else self.observer.build(layer, name)

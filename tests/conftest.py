@@ -42,13 +42,19 @@ def accuracy(model, x, y) -> float:
 def assert_int8_storage_parity(qmodel, x):
     """Export with low-bit grids stored as widened INT8 and assert the ≤ 1 LSB / ≥ 99 % parity bound.
 
-    Call it after checking the default (INT4) export: ``convert`` sets each layer's rounding
-    offset for the storage it writes, so the Keras model follows the last export.
+    The Keras model is switched to that storage first (``kerasq.set_target``: INT8 layers run on
+    other kernels, which round differently), then back to what it was.
     """
+    import kerasq
     import tflite_export
 
-    blob = tflite_export.convert(qmodel, pack_int4=False)
-    parity = tflite_export.compare(qmodel, blob, x)
+    target = qmodel.target
+    kerasq.set_target(qmodel, kerasq.Target(target.runtime, pack_int4=False))
+    try:
+        blob = tflite_export.convert(qmodel)
+        parity = tflite_export.compare(qmodel, blob, x)
+    finally:
+        kerasq.set_target(qmodel, target)
     assert parity.max_abs_lsb <= 1, parity
     assert parity.top1_agreement >= 0.99, parity
     return parity

@@ -261,9 +261,9 @@ def test_gradient_bits_change_training_not_inference():
 def test_scheme_places_quantizers():
     scheme = kerasq.get_scheme("dorefa")
     assert scheme == DoReFa() and scheme.is_low_bit
-    assert scheme.weight_quantizer(keras.layers.Dense(3)) == DoReFaWeightQuantizer(4, ())
+    assert scheme.weight_quantizers(keras.layers.Dense(3))["kernel"] == DoReFaWeightQuantizer(4, ())
     per_channel = DoReFa(per_channel=True)
-    assert per_channel.weight_quantizer(keras.layers.DepthwiseConv2D(3)) == DoReFaWeightQuantizer(4, (2, 3))
+    assert per_channel.weight_quantizers(keras.layers.DepthwiseConv2D(3))["depthwise_kernel"] == DoReFaWeightQuantizer(4, (2, 3))
     relu6 = kerasq.ActivationSpec("relu", 6.0)
     assert DoReFa(3, 5, 8).activation_quantizer(None, relu6) == DoReFaActivationQuantizer(5, 8)
     assert scheme.activation_quantizer(None, kerasq.ActivationSpec("linear")) == MovingAverageQuantizer(4)

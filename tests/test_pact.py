@@ -212,8 +212,8 @@ def test_capped_relu_bounds_alpha_by_the_cap():
 def test_scheme_places_quantizers():
     scheme = kerasq.get_scheme("pact")
     assert scheme == PACT() and scheme.is_low_bit
-    assert scheme.weight_quantizer(keras.layers.Dense(3)) == LinearWeightQuantizer(4, True, True, (-1,))
-    assert scheme.weight_quantizer(keras.layers.DepthwiseConv2D(3)) == LinearWeightQuantizer(4, True, True, (2, 3))
+    assert scheme.weight_quantizers(keras.layers.Dense(3))["kernel"] == LinearWeightQuantizer(4, True, True, (-1,))
+    assert scheme.weight_quantizers(keras.layers.DepthwiseConv2D(3))["depthwise_kernel"] == LinearWeightQuantizer(4, True, True, (2, 3))
     assert scheme.activation_quantizer(None, kerasq.ActivationSpec("relu")) == PACTQuantizer(4, 6.0, 1e-4, None)
     assert scheme.activation_quantizer(None, kerasq.ActivationSpec("linear")) == MovingAverageQuantizer(4)
     assert "pact" in kerasq.available_schemes()

@@ -176,9 +176,9 @@ class Lowering:
         shape = _shape(wrapper)
         sources = [self.source(name, wrapper) for name in node.inbound]
         sign = wrapper.activation_quantizer if getattr(wrapper.activation_quantizer, "binary", False) else None
-        if sign is not None and not spec.fusable:
+        if getattr(wrapper.pre_activation_quantizer, "binary", False) or (sign is not None and not spec.fusable):
             raise ExportError(
-                f"Layer {wrapper.name!r} binarizes the output of its {spec.kind} activation; a binary activation "
+                f"Layer {wrapper.name!r} binarizes the input of its {spec.kind} activation; a binary activation "
                 "exports only as the layer output (linear or ReLU activation)."
             )
         if spec.fusable:

@@ -19,7 +19,7 @@ from typing import Any
 
 from kerasq.compat import keras
 from kerasq.activations import ActivationSpec
-from kerasq.layer_table import WeightSpec
+from kerasq.layer_table import WeightSpec, rule_for
 from kerasq.quantizers import (
     ActivationQuantizer,
     FixedRangeQuantizer,
@@ -48,6 +48,13 @@ class Scheme(ConfigEquality, metaclass=abc.ABCMeta):
     def weight_quantizer(self, layer: keras.layers.Layer, weight: WeightSpec) -> WeightQuantizer | None:
         """Quantizer of one weight of ``layer`` (``weight.attribute``, e.g. ``"kernel"``; its output
         channels are ``weight.channel_axes``), None to keep it float."""
+
+    def weight_quantizers(self, layer: keras.layers.Layer) -> dict[str, WeightQuantizer]:
+        """``{attribute: quantizer}`` for every weight the layer table lists for ``layer``'s class."""
+        rule = rule_for(layer)
+        weights = rule.weights if rule is not None else ()
+        quantizers = {weight.attribute: self.weight_quantizer(layer, weight) for weight in weights}
+        return {attr: quantizer for attr, quantizer in quantizers.items() if quantizer is not None}
 
     def activation_quantizer(self, layer: keras.layers.Layer, activation: ActivationSpec) -> ActivationQuantizer:
         """Quantizer of the output of ``layer`` after a fusable ``activation``.
