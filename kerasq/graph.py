@@ -99,10 +99,12 @@ class LayerGraph:
                 inbound.append(producer.name)
             nodes.append(Node(layer, inbound))
         outputs = [tensor._keras_history[0].name for tensor in model.outputs]
-        missing = [t._keras_history[0].name for t in model.inputs if t._keras_history[0].name not in inputs]
+        order = [tensor._keras_history[0].name for tensor in model.inputs]
+        missing = [name for name in order if name not in inputs]
         if missing:
             raise ValueError(f"Model inputs {missing} were not found among the model layers.")
-        return cls(inputs, dtypes, nodes, outputs, model.name)
+        inputs = {name: inputs[name] for name in order}  # the model's input order
+        return cls(inputs, {name: dtypes[name] for name in order}, nodes, outputs, model.name)
 
     def node(self, name: str) -> Node:
         for node in self.nodes:

@@ -282,16 +282,17 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
             z = self._float_call(inputs)
             if observe:
                 self._observe(z, mode.observer)
-            return self._unrounded_output(z)
+            return self.activation(z)
+
+        def rounded():
+            z, kernel_grid = self._quantized_call(inputs, training)
+            if observe:
+                self._observe(z, mode.observer)
+            return self._rounded_output(z, inputs, kernel_grid)
+
         if observe:
-            z_float = self._quantized_call(inputs, training, observe)
-            self._observe(z_float, mode.observer)
-            return self._rounded_output(z_float, inputs)
-        return _round_unless_unobserved(
-            self._ready(),
-            lambda: self._rounded_output(self._quantized_call(inputs, training, observe), inputs),
-            lambda: self._unrounded_output(self._float_call(inputs)),
-        )
+            return rounded()
+        return _round_unless_unobserved(self._ready(), rounded, lambda: self.activation(self._float_call(inputs)))
 
     def _float_call(self, inputs):
         """The float layer (with the folded batch-norm scale ``f`` on its kernel), nothing rounded."""
@@ -304,33 +305,37 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
         finally:
             object.__setattr__(self.layer, self.primary_weight, kernel)
 
-    def _quantized_call(self, inputs, training, observe: bool):
-        """The wrapped layer with quantized weights and bias (weightless layers: as they are)."""
+    def _quantized_call(self, inputs, training) -> tuple[tf.Tensor, tuple | None]:
+        """The wrapped layer with quantized weights and bias, and its kernel grid.
+
+        The grid is ``(Q(W), s, |s·f|)``: the quantized primary kernel before the channel scale,
+        its quantizer's scale and the per-channel weight scales. Layers without weights run as
+        they are (grid None).
+        """
         if not self.weight_quantizers:
-            return self.layer.call(inputs)
-        swapped, bias_codes_scale = self._quantized_weights(training, with_bias_scale=True)
+            return self.layer.call(inputs), None
+        swapped = {}
+        for attr, quantizer in self.weight_quantizers.items():
+            if attr != self.primary_weight:
+                swapped[attr] = quantizer(getattr(self.layer, attr), training, weights=self._weight_vars[attr])
+        quantized, scale = self.weight_quantizer.quantize_with_scale(
+            self.kernel, training, weights=self.weight_quantizer_variables
+        )
+        swapped[self.primary_weight] = self._scaled(quantized)
+        weight_scales = self._channel_scales(scale)
         if getattr(self.layer, "use_bias", False):
             bias = self.layer.bias
-            swapped["bias"] = bias + tf.stop_gradient(quantize_bias(bias, bias_codes_scale) - bias)
+            step = self._input_grid().scale * weight_scales
+            swapped["bias"] = bias + tf.stop_gradient(quantize_bias(bias, step) - bias)
         originals = {attr: getattr(self.layer, attr) for attr in swapped}
         try:  # bypass Keras attribute tracking: the swap lasts for this call only
             for attr, value in swapped.items():
                 object.__setattr__(self.layer, attr, value)
-            return self.layer.call(inputs)
+            z = self.layer.call(inputs)
         finally:
             for attr, value in originals.items():
                 object.__setattr__(self.layer, attr, value)
-
-    def _quantized_weights(self, training, with_bias_scale: bool = False):
-        """``{attribute: Q(w)}`` (``Q(W)·f`` for the primary kernel) and, if asked, the bias grid ``s_in·s_w``."""
-        swapped = {}
-        for attr, quantizer in self.weight_quantizers.items():
-            swapped[attr] = quantizer(getattr(self.layer, attr), training, weights=self._weight_vars[attr])
-        primary = self.primary_weight
-        swapped[primary] = self._scaled(swapped[primary])
-        if not with_bias_scale:
-            return swapped
-        return swapped, self._input_grid().scale * self._weight_scales()
+        return z, (quantized, scale, weight_scales)
 
     def _observe(self, z, observer):
         """Fold this call's float output into the statistics of the output quantizer(s)."""
@@ -340,18 +345,15 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
         if self.activation_quantizer is not None:
             self.activation_quantizer.observe(self.activation(z), self._activation_vars, observer)
 
-    def _rounded_output(self, z, inputs):
+    def _rounded_output(self, z, inputs, kernel_grid):
         op_quantizer, op_state = self._op_output()
-        z = self._requantize(z, inputs, op_quantizer.grid(op_state))
+        z = self._requantize(z, inputs, op_quantizer.grid(op_state), kernel_grid)
         if self.pre_activation_quantizer is not None:
             z = self.pre_activation_quantizer.round(z, self._pre_activation_vars)
         y = self.activation(z)
         if self.activation_quantizer is not None:
             y = self.activation_quantizer.round(y, self._output_state())
         return y
-
-    def _unrounded_output(self, z):
-        return self.activation(z)
 
     def _op_output(self) -> tuple[ActivationQuantizer, dict]:
         """The quantizer (and state) of the op's own output: pre-activation, else the output quantizer."""
@@ -371,7 +373,7 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
         return tf.reduce_all(tf.stack(tensors)) if tensors else True
 
     # --- the runtime's rounding -------------------------------------------------------------------
-    def _requantize(self, z, inputs, grid: ops.Grid):
+    def _requantize(self, z, inputs, grid: ops.Grid, kernel_grid):
         """``z`` moved where the target runtime's integer kernel rounds it (see ``kerasq.runtimes``)."""
         if any(getattr(q, "binary", False) for q in (self.activation_quantizer, self.pre_activation_quantizer)):
             return z  # the exporter turns a sign decision into an exact accumulator test
@@ -380,7 +382,11 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
             modes = self.requantization_modes()
             if not np.any(modes != runtimes.SINGLE):
                 return z
-            exact = runtimes.requantize_weight_op(z, self._input_grid().scale, self._stored_weight_scales(), grid.scale, modes)
+            quantized, scale, weight_scales = kernel_grid
+            storage = storage_of(self.weight_quantizer.grid_bits, target)
+            widening = tf.stop_gradient(_storage_widening_tf(tf.round(quantized / scale), storage))
+            stored = weight_scales / widening
+            exact = runtimes.requantize_weight_op(z, self._input_grid().scale, stored, grid.scale, modes)
         elif isinstance(self.layer, keras.layers.Add):
             grids = [source.output_grid() for source in self._links.inputs]
             exact = runtimes.add(target, inputs[0], inputs[1], grids[0], grids[1], grid) * grid.scale
@@ -399,26 +405,19 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
         input_depth = kernel_shape[-2] if len(kernel_shape) >= 2 else 1
         return runtimes.weight_op_rounding(self._links.target, self.rule.op, storage, channels, input_depth)
 
-    def _stored_weight_scales(self) -> tf.Tensor:
-        """Per-channel weight scales as the .tflite stores them: ``|s·f|`` divided by the storage widening."""
-        storage = storage_of(self.weight_quantizer.grid_bits, self._links.target)
-        primary = self.kernel
-        variables = self._weight_vars[self.primary_weight]
-        unscaled = self.weight_quantizer(primary, False, weights=variables)
-        codes = tf.round(unscaled / self.weight_quantizer.scale(primary, variables))
-        return self._weight_scales() / _storage_widening_tf(codes, storage)
-
-    def _weight_scales(self) -> tf.Tensor:
+    def _channel_scales(self, scale: tf.Tensor) -> tf.Tensor:
         """``|s·f|`` per output channel, float32 ``[channels]`` (``s`` where ``s·f`` is 0), as ``weight_grid``."""
-        primary = self.kernel
-        scale = self.weight_quantizer.scale(primary, self._weight_vars[self.primary_weight])
         channel_shape = self._channel_shape()
-        rank = len(primary.shape)
+        rank = len(self.kernel.shape)
         scale = tf.broadcast_to(tf.reshape(scale, tf.shape(scale)[rank - len(channel_shape) :]), channel_shape)
         if self.channel_scale is not None:
             product = scale * self.channel_scale
             scale = tf.where(product == 0.0, scale, tf.abs(product))
-        return tf.reshape(scale, [-1])
+        return tf.stop_gradient(tf.reshape(scale, [-1]))
+
+    def _weight_scales(self) -> tf.Tensor:
+        """``_channel_scales`` of the primary kernel in inference mode."""
+        return self._channel_scales(self.weight_quantizer.scale(self.kernel, self.weight_quantizer_variables))
 
     def _input_grid(self) -> ops.Grid:
         return self._links.inputs[0].output_grid()

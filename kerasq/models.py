@@ -61,3 +61,34 @@ def vgg_cnn(input_shape: tuple[int, int, int] = (28, 28, 1), num_classes: int = 
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     outputs = keras.layers.Dense(num_classes, name="fc")(x)
     return keras.Model(inputs, outputs, name="vgg_cnn")
+
+
+def residual_concat_net(input_shape: tuple[int, int, int] = (28, 28, 1), num_classes: int = 10, width: int = 16) -> keras.Model:
+    """A stem, a residual block, two concatenated branches and a linear-output conv head (logits).
+
+    stem conv+BN+ReLU → pool → [conv+BN+ReLU → conv+BN (linear)] + skip → ReLU → concat(1x1 conv,
+    3x3 conv) → pool → 3x3 conv (linear output) → GAP → dense. It holds the graph features
+    integer export must get right: an ADD of two grids, a CONCATENATION whose inputs share one
+    grid, signed (linear) conv outputs. ~30k parameters at width 16.
+    """
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name="stem")(inputs)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    x = keras.layers.MaxPooling2D(2, name="pool1")(x)
+    y = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name="res_a")(x)
+    y = keras.layers.BatchNormalization(name="res_a_bn")(y)
+    y = keras.layers.ReLU(name="res_a_relu")(y)
+    y = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name="res_b")(y)
+    y = keras.layers.BatchNormalization(name="res_b_bn")(y)
+    x = keras.layers.Add(name="res_add")([x, y])
+    x = keras.layers.ReLU(name="res_relu")(x)
+    a = keras.layers.Conv2D(width, 1, activation="relu", name="branch_a")(x)
+    b = keras.layers.Conv2D(width, 3, padding="same", activation="relu", name="branch_b")(x)
+    x = keras.layers.Concatenate(name="concat")([a, b])
+    x = keras.layers.MaxPooling2D(2, name="pool2")(x)
+    x = keras.layers.Conv2D(2 * width, 3, padding="same", name="head_conv")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(num_classes, name="fc")(x)
+    return keras.Model(inputs, outputs, name="residual_concat_net")
+

@@ -78,6 +78,10 @@ class WeightQuantizer(Quantizer):
         Computed in the forward pass: the layer quantizes its bias onto ``s_in·scale``.
         """
 
+    def quantize_with_scale(self, w: tf.Tensor, training, weights: dict[str, tf.Variable]) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(self(w, training, weights), self.scale(w, weights))``; quantizers that compute both at once override it."""
+        return self(w, training, weights=weights), self.scale(w, weights)
+
     @property
     def grid_bits(self) -> int:
         """``integer_grid(...).bits``: the nominal precision that decides INT4 or INT8 storage."""
@@ -148,6 +152,10 @@ class LinearWeightQuantizer(WeightQuantizer):
     def __call__(self, inputs, training, weights, **kwargs):
         codes, scale = self._codes_and_scale(inputs)
         return codes * scale
+
+    def quantize_with_scale(self, w, training, weights):
+        codes, scale = self._codes_and_scale(w)
+        return codes * scale, scale
 
     def scale(self, w, weights):
         return self._codes_and_scale(tf.convert_to_tensor(w))[1]

@@ -23,7 +23,7 @@ from kerasq.graph import LayerGraph, Node
 from kerasq.layer_table import rule_for, supported_layer_names, unsupported_reason
 from kerasq.layers import QuantizedLayer, QuantizeInput, Requantize, kerasq_layers
 from kerasq.model import QuantizedModel, quantization_mode
-from kerasq.observers import MinMaxObserver, get_observer
+from kerasq.observers import get_observer
 from kerasq.quantizers import MovingAverageQuantizer
 from kerasq.registry import all_custom_objects
 from kerasq.runtimes import Target
@@ -397,21 +397,41 @@ def quantized_weights(model: keras.Model) -> dict[str, np.ndarray]:
     return result
 
 
-def _batches(data, batch_size: int, expected: tuple) -> Iterator[np.ndarray]:
-    """Float32 batches from an array or an iterable of batches (``(x,)``/``(x, y)`` tuples: ``x``)."""
-    if isinstance(data, (np.ndarray, tf.Tensor)) or (isinstance(data, (list, tuple)) and data and np.isscalar(np.asarray(data).flat[0])):
-        data = np.asarray(data, np.float32)
-        if data.ndim == 0 or len(data) == 0:
-            raise ValueError(f"Calibration data is empty. Received: x.shape={data.shape}")
-        for start in range(0, len(data), batch_size):
-            yield data[start : start + batch_size]
+def _as_inputs(batch, count: int) -> list[np.ndarray]:
+    """One float32 array per model input from a batch (an array, a list of arrays, or an ``(x, y)`` tuple)."""
+    if count == 1:
+        if isinstance(batch, (list, tuple)):
+            batch = batch[0]
+        return [np.asarray(batch, np.float32)]
+    if isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[0], (list, tuple)):
+        batch = batch[0]  # (inputs, labels) as a dataset yields them
+    if not isinstance(batch, (list, tuple)) or len(batch) != count:
+        raise ValueError(
+            f"The model has {count} inputs: each batch must be a list of {count} arrays. "
+            f"Received: {type(batch).__name__}"
+        )
+    return [np.asarray(b, np.float32) for b in batch]
+
+
+def _batches(data, batch_size: int, count: int) -> Iterator[list[np.ndarray]]:
+    """Float32 batches (one array per model input) from arrays or an iterable of batches."""
+    arrays = None
+    if count == 1 and isinstance(data, (np.ndarray, tf.Tensor)):
+        arrays = [np.asarray(data, np.float32)]
+    elif count > 1 and isinstance(data, (list, tuple)) and len(data) == count and all(
+        isinstance(d, (np.ndarray, tf.Tensor)) and np.ndim(d) > 0 for d in data
+    ) and len({len(d) for d in data}) == 1 and not isinstance(data[0], tuple):
+        arrays = [np.asarray(d, np.float32) for d in data]
+    if arrays is not None:
+        if arrays[0].ndim == 0:
+            raise ValueError(f"Calibration data must hold samples. Received: x.shape={arrays[0].shape}")
+        for start in range(0, len(arrays[0]), batch_size):
+            yield [a[start : start + batch_size] for a in arrays]
         return
     if callable(data):
         data = data()
     for batch in data:
-        if isinstance(batch, (list, tuple)):
-            batch = batch[0]
-        yield np.asarray(batch, np.float32)
+        yield _as_inputs(batch, count)
 
 
 def calibrate(
@@ -435,8 +455,8 @@ def calibrate(
     layers = kerasq_layers(model)
     if not layers:
         raise ValueError(f"Model {model.name!r} has no kerasq layers to calibrate; call kerasq.quantize_model first.")
-    expected = tuple(model.input_shape[1:])
-    observer = get_observer(observer) if not isinstance(observer, MinMaxObserver) else observer
+    expected = [tuple(int(d) if d is not None else None for d in t.shape[1:]) for t in model.inputs]
+    observer = get_observer(observer)
     states = [state for layer in layers for state in observer_states(layer)]
     saved = [{k: v.numpy() for k, v in state.items()} for state in states]
     for state in states:
@@ -446,17 +466,18 @@ def calibrate(
     try:
         with quantization_mode(model, observe=True, round=False, observer=observer):
             step = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
-            for i, batch in enumerate(_batches(x, batch_size, expected)):
+            for i, batch in enumerate(_batches(x, batch_size, len(expected))):
                 if steps is not None and i >= steps:
                     break
-                if batch.size == 0:
+                if batch[0].ndim == 0 or len(batch[0]) == 0:
                     continue
-                if not np.all(np.isfinite(batch)):
-                    raise ValueError("Calibration data contains NaN or infinite values.")
-                if tuple(batch.shape[1:]) != expected:
-                    raise ValueError(f"Calibration data has sample shape {tuple(batch.shape[1:])}, the model expects {expected}.")
-                step(tf.constant(batch))
-                seen += len(batch)
+                for array, shape in zip(batch, expected):
+                    if not np.all(np.isfinite(array)):
+                        raise ValueError("Calibration data contains NaN or infinite values.")
+                    if len(array.shape[1:]) != len(shape) or any(e is not None and e != r for e, r in zip(shape, array.shape[1:])):
+                        raise ValueError(f"Calibration data has sample shape {tuple(array.shape[1:])}, the model expects {shape}.")
+                step([tf.constant(a) for a in batch] if len(batch) > 1 else tf.constant(batch[0]))
+                seen += len(batch[0])
         if seen == 0:
             raise ValueError("Calibration data is empty: the data yielded no samples.")
     except BaseException:

@@ -75,6 +75,7 @@ class Lowering:
         # What consumers of a layer read (a k-bit output: its widened copy) and what a model output is.
         self.produced: dict[str, Source] = {}
         self.model_outputs: dict[str, Source] = {}
+        self.model_inputs: dict[str, int] = {}
 
     def run(self) -> Graph:
         for node in self.graph.nodes:
@@ -94,6 +95,7 @@ class Lowering:
                     "replace it with a supported layer."
                 )
         self.ir.outputs = [self._model_output(name) for name in self.graph.outputs]
+        self.ir.inputs = [self.model_inputs[name] for name in self.graph.inputs]
         return self.ir
 
     # --- helpers -------------------------------------------------------------------------------
@@ -154,10 +156,10 @@ class Lowering:
         shape = [int(d) for d in self.graph.inputs[input_name]]
         if self.input_type == "int8":
             index = self.ir.activation(input_name, shape, params)
-            self.ir.inputs.append(index)
+            self.model_inputs[input_name] = index
         else:
             raw = self.ir.plain(input_name, shape, "float32")
-            self.ir.inputs.append(raw)
+            self.model_inputs[input_name] = raw
             index = self.ir.activation(f"{input_name}/quantized", shape, params)
             self.ir.add_operator("QUANTIZE", [raw], [index])
         self.finish(layer.name, index, params, shape)

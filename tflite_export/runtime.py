@@ -199,14 +199,19 @@ def _dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-def _single_input_detail(interpreter: Interpreter) -> dict:
-    inputs = interpreter.get_input_details()
-    if len(inputs) != 1:
+def _input_list(x: Any, details: list[dict]) -> list[Any]:
+    """``x`` as one array per model input: an array for a single-input model, else a list/tuple."""
+    if len(details) == 1:
+        if isinstance(x, (list, tuple)) and len(x) == 1 and np.ndim(x[0]) > 1:
+            return [x[0]]
+        return [x]
+    if not isinstance(x, (list, tuple)) or len(x) != len(details):
         raise ValueError(
-            f"Only single-input models are supported; this model has {len(inputs)} inputs: "
-            f"{[d['name'] for d in inputs]}"
+            f"The model has {len(details)} inputs {[d['name'] for d in details]}: pass x as a list of "
+            f"{len(details)} arrays in that order. Received: {type(x).__name__}"
+            + (f" of {len(x)}" if isinstance(x, (list, tuple)) else "")
         )
-    return inputs[0]
+    return list(x)
 
 
 def _expected_sample_shape(detail: dict) -> tuple[int, ...]:
@@ -268,40 +273,47 @@ def _check_batch_size(batch_size: int) -> int:
     return int(batch_size)
 
 
-def _resize_batch(interpreter: Interpreter, detail: dict, batch: int) -> None:
-    """Sets the input's batch dimension to ``batch`` and re-allocates, if it differs."""
-    current = interpreter.get_input_details()[0]["shape"]
-    if int(current[0]) == batch:
-        return
-    new_shape = [batch] + [int(d) for d in current[1:]]
-    interpreter.resize_tensor_input(detail["index"], new_shape)
-    interpreter.allocate_tensors()
-
-
-def _run_raw(
-    interpreter: Interpreter, x: Any, batch_size: int
-) -> tuple[np.ndarray, dict]:
-    """Runs all of x; returns the raw first output (concatenated) and its tensor details."""
-    batch_size = _check_batch_size(batch_size)
-    in_detail = _single_input_detail(interpreter)
-    x_model = _prepare_input(x, in_detail)
-    # Same-shaped inputs of free dimensions (-1) get their actual size on the first resize.
-    sample_shape = list(x_model.shape[1:])
-    current = interpreter.get_input_details()[0]["shape"]
-    if list(int(d) for d in current[1:]) != sample_shape:
-        interpreter.resize_tensor_input(in_detail["index"], [1] + sample_shape)
+def _resize_inputs(interpreter: Interpreter, shapes: list[list[int]]) -> None:
+    """Give each input its shape (batch included) and re-allocate, if any differs."""
+    details = interpreter.get_input_details()
+    changed = False
+    for detail, shape in zip(details, shapes):
+        if [int(d) for d in detail["shape"]] != list(shape):
+            interpreter.resize_tensor_input(detail["index"], list(shape))
+            changed = True
+    if changed:
         interpreter.allocate_tensors()
-    out_detail = interpreter.get_output_details()[0]
-    outputs = []
-    for start in range(0, x_model.shape[0], batch_size):
-        chunk = x_model[start : start + batch_size]
-        _resize_batch(interpreter, in_detail, chunk.shape[0])
-        interpreter.set_tensor(in_detail["index"], chunk)
+
+
+def _run_raw(interpreter: Interpreter, x: Any, batch_size: int) -> tuple[list[np.ndarray], list[dict]]:
+    """Runs all of x; returns every output (concatenated over batches) and the output details."""
+    batch_size = _check_batch_size(batch_size)
+    details = interpreter.get_input_details()
+    arrays = [_prepare_input(xi, d) for xi, d in zip(_input_list(x, details), details)]
+    count = arrays[0].shape[0]
+    if any(a.shape[0] != count for a in arrays):
+        raise ValueError(
+            f"Every input must hold the same number of samples. Received: {[a.shape[0] for a in arrays]}"
+        )
+    out_details = interpreter.get_output_details()
+    outputs: list[list[np.ndarray]] = [[] for _ in out_details]
+    for start in range(0, count, batch_size):
+        chunks = [a[start : start + batch_size] for a in arrays]
+        _resize_inputs(interpreter, [list(c.shape) for c in chunks])
+        for detail, chunk in zip(interpreter.get_input_details(), chunks):
+            interpreter.set_tensor(detail["index"], chunk)
         interpreter.invoke()
-        outputs.append(np.array(interpreter.get_tensor(out_detail["index"]), copy=True))
+        for i, detail in enumerate(interpreter.get_output_details()):
+            outputs[i].append(np.array(interpreter.get_tensor(detail["index"]), copy=True))
     # Details after allocation (the output shape follows the batch size; quantization does not).
-    out_detail = interpreter.get_output_details()[0]
-    return np.concatenate(outputs, axis=0), out_detail
+    return [np.concatenate(o, axis=0) for o in outputs], interpreter.get_output_details()
+
+
+def _dequantized(raw: np.ndarray, detail: dict) -> np.ndarray:
+    quant = _per_tensor_quantization(detail)
+    if quant is not None and np.issubdtype(raw.dtype, np.integer):
+        return _dequantize(raw, *quant)
+    return raw
 
 
 def run(
@@ -312,39 +324,44 @@ def run(
     num_threads: int = 1,
     reference_kernels: bool = False,
     dequantize: bool = True,
-) -> np.ndarray:
-    """Runs every sample of ``x`` through the model and returns its first output.
+    all_outputs: bool = False,
+) -> np.ndarray | list[np.ndarray]:
+    """Runs every sample of ``x`` through the model and returns its first output (or all).
 
     Float ``x`` given to an int8/uint8 input is quantized with that input's scale and zero point
     (:func:`quantize_input`); ``x`` already of the input's integer dtype is passed unchanged.
-    The input's batch dimension is resized to each batch (the last one may be smaller).
+    The batch dimension is resized to each batch (the last one may be smaller).
 
     Args:
         model_bytes_or_path: serialized model or path of a ``.tflite`` file.
-        x: array of shape ``(N, *input_shape[1:])``, N >= 1.
+        x: array of shape ``(N, *input_shape[1:])``, N >= 1; for a model with several inputs,
+            a list of such arrays in the model's input order.
         batch_size: samples per ``invoke()``.
         num_threads: CPU threads.
         reference_kernels: use TFLite's reference kernels (see :func:`make_interpreter`).
-        dequantize: if True and the output is quantized, return ``(q - zero_point) * scale``
-            as float32; otherwise return the output tensor's raw values.
+        dequantize: if True and an output is quantized, return ``(q - zero_point) * scale``
+            as float32; otherwise the output tensor's raw values.
+        all_outputs: return a list with every output instead of the first.
 
     Returns:
-        Array of shape ``(N, *output_shape[1:])``: float32 if dequantized, else the output
-        tensor's dtype.
+        Array of shape ``(N, *output_shape[1:])`` (float32 if dequantized), or a list of them.
 
     Raises:
-        ValueError: empty ``x``, a per-sample shape other than the model's, or an integer
-            ``x`` whose dtype is not the input's.
+        ValueError: empty ``x``, a per-sample shape other than the model's, inputs of different
+            lengths, or an integer ``x`` whose dtype is not the input's.
     """
     interpreter = make_interpreter(
         model_bytes_or_path, num_threads=num_threads, reference_kernels=reference_kernels
     )
-    raw, out_detail = _run_raw(interpreter, x, batch_size)
-    if dequantize:
-        quant = _per_tensor_quantization(out_detail)
-        if quant is not None and np.issubdtype(raw.dtype, np.integer):
-            return _dequantize(raw, *quant)
-    return raw
+    raws, out_details = _run_raw(interpreter, x, batch_size)
+    results = [_dequantized(r, d) if dequantize else r for r, d in zip(raws, out_details)]
+    return results if all_outputs else results[0]
+
+
+def _sample_count(x: Any) -> int:
+    """Samples in ``x``: an array, or a list of per-input arrays (the first one's length)."""
+    first = x[0] if isinstance(x, (list, tuple)) and x and isinstance(x[0], np.ndarray) else x
+    return len(first) if np.ndim(first) > 0 else 0
 
 
 def _labels_from(y: Any) -> np.ndarray:
@@ -375,8 +392,9 @@ def evaluate(
 
     Args:
         model_bytes_or_path: serialized model or path of a ``.tflite`` file.
-        x: inputs, shape ``(N, *input_shape[1:])`` (float, or codes of the input dtype).
-        y: labels, shape ``(N,)`` integers or ``(N, C)`` one-hot.
+        x: inputs, shape ``(N, *input_shape[1:])`` (float, or codes of the input dtype); a list
+            of arrays for a model with several inputs.
+        y: labels of the first output, shape ``(N,)`` integers or ``(N, C)`` one-hot.
         batch_size: samples per ``invoke()``.
         num_threads: CPU threads.
         return_outputs: also return the (dequantized) outputs.
@@ -388,12 +406,11 @@ def evaluate(
     Raises:
         ValueError: ``len(x) != len(y)``, or any error of :func:`run`.
     """
-    x = np.asarray(x)
     labels = _labels_from(y)
-    if x.ndim == 0 or len(x) != len(labels):
+    if _sample_count(x) != len(labels):
         raise ValueError(
             "x and y must hold the same number of samples. "
-            f"Received: x.shape={x.shape}, y.shape={np.shape(y)}"
+            f"Received: {_sample_count(x)} samples in x, y.shape={np.shape(y)}"
         )
     outputs = run(model_bytes_or_path, x, batch_size=batch_size, num_threads=num_threads)
     predictions = np.argmax(outputs.reshape(len(outputs), -1), axis=1)
@@ -492,12 +509,11 @@ def benchmark(
         raise ValueError(f"warmup must be >= 0. Received: warmup={warmup}")
     batch_size = _check_batch_size(batch_size)
     interpreter = make_interpreter(model_bytes_or_path, num_threads=num_threads)
-    in_detail = _single_input_detail(interpreter)
-    _resize_batch(interpreter, in_detail, batch_size)
-    shape = tuple(int(d) for d in interpreter.get_input_details()[0]["shape"])
-    interpreter.set_tensor(
-        in_detail["index"], _random_input(in_detail, shape, np.random.default_rng(0))
-    )
+    _resize_inputs(interpreter, [[batch_size, *[int(d) for d in detail["shape"][1:]]] for detail in interpreter.get_input_details()])
+    rng = np.random.default_rng(0)
+    for detail in interpreter.get_input_details():
+        shape = tuple(int(d) for d in detail["shape"])
+        interpreter.set_tensor(detail["index"], _random_input(detail, shape, rng))
     for _ in range(int(warmup)):
         interpreter.invoke()
     times_ns = np.empty(int(runs), dtype=np.int64)
@@ -584,14 +600,18 @@ class ParityReport:
         return "ParityReport(" + ", ".join(parts) + ")"
 
 
-def _keras_outputs(keras_model: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
-    outputs = []
-    for start in range(0, len(x), batch_size):
-        out = keras_model(x[start : start + batch_size], training=False)
-        if isinstance(out, (list, tuple)):
-            out = out[0]
-        outputs.append(np.asarray(out, dtype=np.float32))
-    return np.concatenate(outputs, axis=0)
+def _keras_outputs(keras_model: Any, x: Any, batch_size: int, count: int) -> list[np.ndarray]:
+    """Every output of ``keras_model(batch, training=False)`` over ``x``, concatenated."""
+    outputs: list[list[np.ndarray]] = []
+    for start in range(0, count, batch_size):
+        batch = [xi[start : start + batch_size] for xi in x] if isinstance(x, (list, tuple)) else x[start : start + batch_size]
+        out = keras_model(batch, training=False)
+        out = list(out) if isinstance(out, (list, tuple)) else [out]
+        if not outputs:
+            outputs = [[] for _ in out]
+        for i, value in enumerate(out):
+            outputs[i].append(np.asarray(value, dtype=np.float32))
+    return [np.concatenate(o, axis=0) for o in outputs]
 
 
 def compare(
@@ -607,52 +627,50 @@ def compare(
     signature works); TFLite outputs from :func:`run` (float ``x`` is quantized for an int8
     input). For a quantized int8/uint8 output with scale ``s`` and zero point ``zp``, the Keras
     value ``k`` is put on the same grid as ``clip(floor(k / s + 0.5) + zp, qmin, qmax)`` and
-    compared code by code.
+    compared code by code. A model with several outputs is compared on all of them (output
+    ``i`` of Keras with output ``i`` of the file): LSB and bit-exact figures cover every output
+    element, top-1 agreement the first output; LSB figures need every output quantized.
 
     Args:
-        keras_model: the reference model (first output used if it returns several).
+        keras_model: the reference model.
         model_bytes_or_path: serialized model or path of a ``.tflite`` file.
-        x: inputs, shape ``(N, *input_shape[1:])``.
+        x: inputs, shape ``(N, *input_shape[1:])``; a list of arrays for several inputs.
         batch_size: samples per Keras call and per ``invoke()``.
 
     Returns:
         :class:`ParityReport`.
 
     Raises:
-        ValueError: the two models' outputs differ in shape, or any error of :func:`run`.
+        ValueError: the two models' outputs differ in number or shape, or any error of :func:`run`.
     """
     batch_size = _check_batch_size(batch_size)
-    x = np.asarray(x)
+    x = [np.asarray(xi) for xi in x] if isinstance(x, (list, tuple)) else np.asarray(x)
     interpreter = make_interpreter(model_bytes_or_path)
-    raw, out_detail = _run_raw(interpreter, x, batch_size)
-    keras_out = _keras_outputs(keras_model, x, batch_size)
-    if keras_out.shape != raw.shape:
+    raws, out_details = _run_raw(interpreter, x, batch_size)
+    keras_outs = _keras_outputs(keras_model, x, batch_size, _sample_count(x))
+    if len(keras_outs) != len(raws) or any(k.shape != r.shape for k, r in zip(keras_outs, raws)):
         raise ValueError(
-            "The Keras and TFLite outputs differ in shape: "
-            f"keras {keras_out.shape} vs tflite {raw.shape}."
+            "The Keras and TFLite outputs differ in number or shape: "
+            f"keras {[k.shape for k in keras_outs]} vs tflite {[r.shape for r in raws]}."
         )
-    n = raw.shape[0]
-    quant = _per_tensor_quantization(out_detail)
-    is_quantized = quant is not None and np.issubdtype(raw.dtype, np.integer)
-    tflite_out = _dequantize(raw, *quant) if is_quantized else raw.astype(np.float32)
-
-    diff = np.abs(tflite_out.astype(np.float64) - keras_out.astype(np.float64))
-    max_abs_error = float(diff.max())
+    n = raws[0].shape[0]
+    quants = [_per_tensor_quantization(d) if np.issubdtype(r.dtype, np.integer) else None for r, d in zip(raws, out_details)]
+    tflite_outs = [_dequantize(r, *q) if q is not None else r.astype(np.float32) for r, q in zip(raws, quants)]
+    max_abs_error = max(float(np.abs(t.astype(np.float64) - k.astype(np.float64)).max()) for t, k in zip(tflite_outs, keras_outs))
     top1 = float(
-        np.mean(
-            np.argmax(tflite_out.reshape(n, -1), axis=1)
-            == np.argmax(keras_out.reshape(n, -1), axis=1)
-        )
+        np.mean(np.argmax(tflite_outs[0].reshape(n, -1), axis=1) == np.argmax(keras_outs[0].reshape(n, -1), axis=1))
     )
-    if not is_quantized:
+    if any(q is None for q in quants):
         return ParityReport(n_samples=n, top1_agreement=top1, max_abs_error=max_abs_error)
-
-    scale, zero_point = quant
-    info = np.iinfo(raw.dtype)
-    keras_codes = np.clip(
-        np.floor(keras_out.astype(np.float64) / scale + 0.5) + zero_point, info.min, info.max
-    ).astype(np.int64)
-    code_diff = np.abs(raw.astype(np.int64) - keras_codes)
+    diffs = []
+    for raw, keras_out, (scale, zero_point) in zip(raws, keras_outs, quants):
+        info = np.iinfo(raw.dtype)
+        keras_codes = np.clip(
+            np.floor(keras_out.astype(np.float64) / scale + 0.5) + zero_point, info.min, info.max
+        ).astype(np.int64)
+        diffs.append(np.abs(raw.astype(np.int64) - keras_codes).reshape(-1))
+    code_diff = np.concatenate(diffs)
+    scale, zero_point = quants[0]
     return ParityReport(
         n_samples=n,
         top1_agreement=top1,
