@@ -51,9 +51,8 @@ SCHEMES = [
 def run_scheme(float_model, scheme, use_inq, data, args) -> dict:
     (x_train, y_train), (x_test, y_test) = data
     keras.utils.set_random_seed(args.seed)
-    qmodel = kerasq.quantize_model(float_model, scheme)
+    qmodel = kerasq.quantize_model(float_model, scheme, calibration_data=x_train[:1000])
     qmodel.compile(keras.optimizers.Adam(args.lr), LOSS, metrics=["accuracy"])
-    kerasq.calibrate(qmodel, x_train[:1000])
     callbacks = []
     epochs = args.qat_epochs
     if use_inq:
@@ -65,8 +64,9 @@ def run_scheme(float_model, scheme, use_inq, data, args) -> dict:
     blob = tflite_export.convert(qmodel)
     report = tflite_export.inspect(blob)
     parity = tflite_export.compare(qmodel, blob, x_test)
-    # The same model with low-bit grids stored as widened INT8 instead of packed INT4.
-    parity_int8 = tflite_export.compare(qmodel, tflite_export.convert(qmodel, pack_int4=False), x_test)
+    # The same model with low-bit grids stored as widened INT8 instead of packed INT4 (other kernels).
+    with kerasq.using_target(qmodel, kerasq.Target(pack_int4=False)):
+        parity_int8 = tflite_export.compare(qmodel, tflite_export.convert(qmodel), x_test)
     hidden = report.weights[1:-1] or report.weights
     return {
         "keras_acc": _accuracy(qmodel, x_test, y_test),

@@ -13,7 +13,7 @@ from kerasq import callbacks, observers, runtimes
 from kerasq.activations import ActivationSpec
 from kerasq.compat import keras, tf
 from kerasq.layers import QuantizedLayer, QuantizeInput, Requantize
-from kerasq.model import QuantizedModel, link, quantization_mode, set_target
+from kerasq.model import QuantizedModel, link, quantization_mode, set_target, using_target
 from kerasq.runtimes import Target
 from kerasq.schemes import Scheme, available_schemes, get_scheme
 from kerasq.transforms import calibrate, quantize_model, quantize_scope, quantized_layers, quantized_weights
@@ -44,4 +44,5 @@ __all__ = [
     "schemes",
     "set_target",
     "tf",
+    "using_target",
 ]

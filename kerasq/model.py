@@ -28,7 +28,7 @@ from kerasq.observers import Observer
 from kerasq.registry import register
 from kerasq.runtimes import Target, get_target
 
-__all__ = ["QuantizedModel", "link", "quantization_mode", "set_target"]
+__all__ = ["QuantizedModel", "link", "quantization_mode", "set_target", "using_target"]
 
 
 @register("model")
@@ -117,6 +117,22 @@ def set_target(model: keras.Model, target: Target | str | dict | None) -> keras.
     link(model, target)
     _forget_traced_functions(model)
     return model
+
+
+@contextlib.contextmanager
+def using_target(model: keras.Model, target: Target | str | dict | None) -> Iterator[keras.Model]:
+    """Within the block ``model`` reproduces ``target``; its own target is restored afterwards.
+
+        with kerasq.using_target(qmodel, kerasq.Target(pack_int4=False)):
+            blob = tflite_export.convert(qmodel)       # INT8 storage, and Keras rounds for it
+            parity = tflite_export.compare(qmodel, blob, x)
+    """
+    previous = getattr(model, "_target", None)
+    set_target(model, target)
+    try:
+        yield model
+    finally:
+        set_target(model, previous)
 
 
 @contextlib.contextmanager

@@ -48,13 +48,9 @@ def assert_int8_storage_parity(qmodel, x):
     import kerasq
     import tflite_export
 
-    target = qmodel.target
-    kerasq.set_target(qmodel, kerasq.Target(target.runtime, pack_int4=False))
-    try:
+    with kerasq.using_target(qmodel, kerasq.Target(qmodel.target.runtime, pack_int4=False)):
         blob = tflite_export.convert(qmodel)
         parity = tflite_export.compare(qmodel, blob, x)
-    finally:
-        kerasq.set_target(qmodel, target)
     assert parity.max_abs_lsb <= 1, parity
     assert parity.top1_agreement >= 0.99, parity
     return parity

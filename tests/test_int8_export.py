@@ -68,12 +68,9 @@ def test_reference_kernels_agree_with_a_reference_target(int8_export, digits):
     """The Keras model matches the runtime it targets: LiteRT's reference kernels round twice."""
     qmodel, _ = int8_export
     _, (x_test, _) = digits
-    kerasq.set_target(qmodel, "reference")
-    try:
+    with kerasq.using_target(qmodel, "reference"):
         blob = tflite_export.convert(qmodel)
         keras_out = qmodel.predict(x_test, verbose=0)
-    finally:
-        kerasq.set_target(qmodel, "xnnpack")
     reference = tflite_export.run(blob, x_test, reference_kernels=True)
     scale = tflite_export.inspect(blob).outputs[0].scales[0]
     lsb = np.abs(np.round((reference - keras_out) / scale))
