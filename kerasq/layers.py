@@ -285,6 +285,8 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
             return self.activation(z)
 
         def rounded():
+            if not observe and not is_training(training) and self._exact_accumulator():
+                return self._rounded_output(self._integer_call(inputs), inputs, None, exact=True)
             z, kernel_grid = self._quantized_call(inputs, training)
             if observe:
                 self._observe(z, mode.observer)
@@ -345,9 +347,10 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
         if self.activation_quantizer is not None:
             self.activation_quantizer.observe(self.activation(z), self._activation_vars, observer)
 
-    def _rounded_output(self, z, inputs, kernel_grid):
+    def _rounded_output(self, z, inputs, kernel_grid, exact: bool = False):
         op_quantizer, op_state = self._op_output()
-        z = self._requantize(z, inputs, op_quantizer.grid(op_state), kernel_grid)
+        if not exact:
+            z = self._requantize(z, inputs, op_quantizer.grid(op_state), kernel_grid)
         if self.pre_activation_quantizer is not None:
             z = self.pre_activation_quantizer.round(z, self._pre_activation_vars)
         y = self.activation(z)
@@ -373,6 +376,41 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
         return tf.reduce_all(tf.stack(tensors)) if tensors else True
 
     # --- the runtime's rounding -------------------------------------------------------------------
+    def _exact_accumulator(self) -> bool:
+        """Inference computes this weight op's integer accumulator exactly (not for binary outputs)."""
+        binary = any(getattr(q, "binary", False) for q in (self.activation_quantizer, self.pre_activation_quantizer))
+        return bool(self.weight_quantizers) and not binary and len(self.weight_quantizers) == 1
+
+    def _integer_call(self, inputs) -> tf.Tensor:
+        """The op output as the integer kernel computes it: exact int accumulator, the runtime's rounding.
+
+        Codes of the input, of the weights (as stored: sign-flipped where ``f < 0``, widened by
+        ``k``) and of the bias go through the wrapped layer in float64 (every integer sum below
+        2^53 is exact); ``kerasq.runtimes.requantize_accumulator`` rounds the accumulator as the
+        target's kernel does. Returns the level times the output scale, float32.
+        """
+        target = self._links.target
+        grid_in = self._input_grid()
+        op_quantizer, op_state = self._op_output()
+        grid_out = op_quantizer.grid(op_state)
+        variables = self.weight_quantizer_variables
+        quantized, scale = self.weight_quantizer.quantize_with_scale(self.kernel, False, weights=variables)
+        codes = tf.round(quantized / scale)
+        if self.channel_scale is not None:  # stored codes carry the sign of f (weight_grid)
+            codes = codes * tf.sign(self.channel_scale)
+        weight_scales = self._channel_scales(scale)
+        storage = storage_of(self.weight_quantizer.grid_bits, target)
+        widening = _storage_widening_tf(codes, storage)
+        x_codes = tf.cast(tf.round(inputs / grid_in.scale), tf.float64)
+        acc = _accumulate(self.layer, self.rule.op, x_codes, tf.cast(codes * widening, tf.float64))
+        if getattr(self.layer, "use_bias", False):
+            bias_codes = bias_to_codes(self.layer.bias, grid_in.scale * weight_scales)
+            acc = acc + tf.cast(bias_codes * widening, tf.float64)
+        level = runtimes.requantize_accumulator(
+            acc, grid_in.scale, weight_scales / widening, grid_out.scale, self.requantization_modes()
+        )
+        return level * grid_out.scale
+
     def _requantize(self, z, inputs, grid: ops.Grid, kernel_grid):
         """``z`` moved where the target runtime's integer kernel rounds it (see ``kerasq.runtimes``)."""
         if any(getattr(q, "binary", False) for q in (self.activation_quantizer, self.pre_activation_quantizer)):
@@ -380,7 +418,7 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
         target = self._links.target
         if self.weight_quantizers:
             modes = self.requantization_modes()
-            if not np.any(modes != runtimes.SINGLE):
+            if not np.any((modes == runtimes.DOUBLE_HALF_UP) | (modes == runtimes.DOUBLE_HALF_AWAY)):
                 return z
             quantized, scale, weight_scales = kernel_grid
             storage = storage_of(self.weight_quantizer.grid_bits, target)
@@ -553,6 +591,17 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
             }
         )
         return config
+
+
+def _accumulate(layer: keras.layers.Layer, op: str, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """The op's integer accumulator (no bias) on codes, in the dtype of ``x`` and ``kernel`` (float64)."""
+    if op == "FULLY_CONNECTED":
+        return tf.matmul(x, kernel)
+    padding = layer.padding.upper()
+    dilations = list(layer.dilation_rate)
+    if op == "DEPTHWISE_CONV_2D":
+        return tf.nn.depthwise_conv2d(x, kernel, [1, *layer.strides, 1], padding, dilations=dilations)
+    return tf.nn.conv2d(x, kernel, list(layer.strides), padding, dilations=dilations)
 
 
 def bias_to_codes(bias: tf.Tensor, step: tf.Tensor) -> tf.Tensor:

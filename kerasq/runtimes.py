@@ -47,8 +47,10 @@ from kerasq.compat import tf
 
 RUNTIMES = ("xnnpack", "reference")
 
-# Per-channel requantization of a weight op's accumulator.
-SINGLE, DOUBLE_HALF_UP, DOUBLE_HALF_AWAY = 0, 1, 2
+# Per-channel requantization of a weight op's accumulator: XNNPACK's one float32 rounding (ties to
+# even), two fixed-point roundings (ties up: ruy / NEON; second ties away: gemmlowp), one rounding
+# of double(acc)·M (ties away: the reference FULLY_CONNECTED).
+SINGLE, DOUBLE_HALF_UP, DOUBLE_HALF_AWAY, SINGLE_DOUBLE = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,9 @@ def weight_op_rounding(target: Target, op: str, storage: str, channels: int, inp
     """
     modes = np.full(channels, SINGLE, np.int32)
     if target.runtime == "reference":
-        if op != "FULLY_CONNECTED":  # reference_integer_ops: MultiplyByQuantizedMultiplier
-            modes[:] = DOUBLE_HALF_AWAY
-        return modes  # reference FULLY_CONNECTED rounds double(acc)·M once
+        # reference_integer_ops: MultiplyByQuantizedMultiplier; FULLY_CONNECTED rounds double(acc)·M once.
+        modes[:] = SINGLE_DOUBLE if op == "FULLY_CONNECTED" else DOUBLE_HALF_AWAY
+        return modes
     if storage == "int8" or (op == "FULLY_CONNECTED" and input_depth % 2 == 0):
         return modes  # XNNPACK: float32 acc·scale, one rounding
     modes[:] = DOUBLE_HALF_UP  # ruy / NEON: SaturatingRoundingDoublingHighMul, rounding right shift
@@ -177,7 +179,9 @@ def requantize_weight_op(
 ) -> tf.Tensor:
     """``z`` (the op's float output before rounding, real units) moved onto the level the runtime picks.
 
-    Single-rounding channels keep ``z`` (the output quantizer rounds it). Double-rounding
+    This is the training-time form (``z`` from a float32 convolution); ``requantize_accumulator``
+    is exact on the integer accumulator. Single-rounding channels keep ``z`` (the output
+    quantizer rounds it). Double-rounding
     channels get ``level·s_out``: with ``v = z/s_out`` and ``r`` the right shift of the channel's
     multiplier ``M = s_in·s_w[c]/s_out`` (``QuantizeMultiplier``), ``n = floor(v·2^r + 1/2)``
     (SaturatingRoundingDoublingHighMul) and ``level = round(n / 2^r)`` with ties up (ruy, NEON)
@@ -189,7 +193,7 @@ def requantize_weight_op(
       modes: ``weight_op_rounding`` of the layer.
     Returns: float32 tensor like ``z``.
     """
-    if not np.any(modes != SINGLE):
+    if not np.any((modes == DOUBLE_HALF_UP) | (modes == DOUBLE_HALF_AWAY)):
         return z
     multiplier = (
         tf.cast(input_scale, tf.float64) * tf.cast(weight_scales, tf.float64) / tf.cast(output_scale, tf.float64)
@@ -203,7 +207,49 @@ def requantize_weight_op(
     up = tf.floor((n + half) / step)
     away = tf.where(n >= 0.0, up, -tf.floor((half - n) / step))
     level = tf.where(tf.constant(modes == DOUBLE_HALF_AWAY), away, up)
-    return tf.where(tf.constant(modes == SINGLE), z, level * output_scale)
+    single = tf.constant((modes == SINGLE) | (modes == SINGLE_DOUBLE))
+    return tf.where(single, z, level * output_scale)
+
+
+def requantize_accumulator(
+    acc: tf.Tensor, input_scale: tf.Tensor, weight_scales: tf.Tensor, output_scale: tf.Tensor, modes: np.ndarray
+) -> tf.Tensor:
+    """The output level (``code - z_out``, before clamping) the runtime computes from an exact accumulator.
+
+    Args:
+      acc: float64 tensor ``[..., channels]`` of integers: ``Σ (q_x - z_x)·w + bias`` as stored.
+      input_scale, output_scale: float32 scalars; weight_scales: float32 ``[channels]`` as stored.
+      modes: ``weight_op_rounding`` per channel.
+    Returns: float32 tensor of integer levels, the shape of ``acc``:
+      ``SINGLE``: ``rne(f32(f32(acc)·f32(f32(s_in·s_w)/s_out)))`` (XNNPACK);
+      ``SINGLE_DOUBLE``: ``round_half_away(acc·M)`` with ``M`` in double (reference FULLY_CONNECTED);
+      ``DOUBLE_HALF_UP`` / ``DOUBLE_HALF_AWAY``: ``MultiplyByQuantizedMultiplier`` with ruy's or
+      gemmlowp's final rounding, in int64.
+    """
+    levels = []
+    scale32 = (input_scale * weight_scales) / output_scale
+    if np.any(modes == SINGLE):
+        levels.append((SINGLE, tf.round(tf.cast(acc, tf.float32) * scale32)))
+    multiplier = (
+        tf.cast(input_scale, tf.float64) * tf.cast(weight_scales, tf.float64) / tf.cast(output_scale, tf.float64)
+    )
+    if np.any(modes == SINGLE_DOUBLE):
+        product = acc * multiplier
+        levels.append((SINGLE_DOUBLE, tf.cast(tf.sign(product) * tf.floor(tf.abs(product) + 0.5), tf.float32)))
+    if np.any((modes == DOUBLE_HALF_UP) | (modes == DOUBLE_HALF_AWAY)):
+        m0, shift = quantize_multiplier(multiplier)
+        zero = tf.constant(0, tf.int64)
+        y = _srdhm(tf.bitwise.left_shift(tf.cast(acc, tf.int64), tf.maximum(shift, zero)), m0)
+        right = tf.maximum(-shift, zero)
+        half = tf.bitwise.right_shift(tf.bitwise.left_shift(tf.constant(1, tf.int64), right), 1)
+        up = tf.bitwise.right_shift(y + half, right)
+        away = _rdpot(y, right)
+        levels.append((DOUBLE_HALF_UP, tf.cast(up, tf.float32)))
+        levels.append((DOUBLE_HALF_AWAY, tf.cast(away, tf.float32)))
+    result = levels[0][1]
+    for mode, level in levels[1:]:
+        result = tf.where(tf.constant(modes == mode), level, result)
+    return result
 
 
 # --- ADD --------------------------------------------------------------------------------------

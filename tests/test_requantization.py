@@ -15,7 +15,7 @@ import pytest
 
 from kerasq import ops, runtimes
 from kerasq.compat import tf
-from kerasq.runtimes import DOUBLE_HALF_AWAY, DOUBLE_HALF_UP, SINGLE, Target
+from kerasq.runtimes import DOUBLE_HALF_AWAY, DOUBLE_HALF_UP, SINGLE, SINGLE_DOUBLE, Target
 
 
 def quantize_multiplier(real: float) -> tuple[int, int]:
@@ -111,7 +111,30 @@ def test_weight_op_rounding_per_runtime_and_storage():
     depthwise = runtimes.weight_op_rounding(xnn, "DEPTHWISE_CONV_2D", "int4", 19, 19)
     assert depthwise.tolist() == [DOUBLE_HALF_UP] * 16 + [DOUBLE_HALF_AWAY] * 3  # NEON blocks of 8, scalar tail
     assert (runtimes.weight_op_rounding(ref, "CONV_2D", "int8", 4, 3) == DOUBLE_HALF_AWAY).all()
-    assert (runtimes.weight_op_rounding(ref, "FULLY_CONNECTED", "int8", 4, 3) == SINGLE).all()
+    assert (runtimes.weight_op_rounding(ref, "FULLY_CONNECTED", "int8", 4, 3) == SINGLE_DOUBLE).all()
+
+
+@pytest.mark.parametrize("real", [0.3, 0.0457, 0.00617, 0.6, 1.7])
+def test_exact_accumulators_give_every_runtime_code_exactly(real):
+    """Inference computes the integer accumulator exactly: every mode, every accumulator, ties included."""
+    rng = np.random.default_rng(int(real * 1e4))
+    reach = int(160 / real)
+    acc = np.concatenate([np.arange(-min(reach, 4000), min(reach, 4000) + 1), rng.integers(-reach, reach, 20000)])
+    s_in, s_out = np.float32(0.02), np.float32(0.031)
+    s_w = np.float32(real * s_out / s_in)
+    exact = float(s_in) * float(s_w) / float(s_out)
+    expected = {
+        SINGLE: np.rint((acc.astype(np.float32) * ((s_in * s_w) / s_out)).astype(np.float32)),  # XNNPACK
+        SINGLE_DOUBLE: np.sign(acc * exact) * np.floor(np.abs(acc * exact) + 0.5),  # reference FC
+        DOUBLE_HALF_UP: ruy_requantize(acc, exact),
+        DOUBLE_HALF_AWAY: gemmlowp_requantize(acc, exact),
+    }
+    for mode, reference in expected.items():
+        level = runtimes.requantize_accumulator(
+            tf.constant(acc.astype(np.float64)[:, None]), tf.constant(s_in), tf.constant([s_w]), tf.constant(s_out),
+            np.array([mode]),
+        )
+        np.testing.assert_array_equal(level.numpy().ravel(), reference, err_msg=str(mode))
 
 
 def _xnnpack_add(a, b, sa, za, sb, zb, so, zo):
