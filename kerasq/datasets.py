@@ -31,6 +31,7 @@ __all__ = [
     "load_digits",
     "load_idx_dataset",
     "read_idx",
+    "to_rgb",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -297,6 +298,23 @@ def load_idx_dataset(name: str, data_dir: PathLike | None = None) -> tuple[Split
         _to_float_images(arrays["x_train"], arrays["y_train"], f"{name} train ({folder})"),
         _to_float_images(arrays["x_test"], arrays["y_test"], f"{name} test ({folder})"),
     )
+
+
+def to_rgb(images: np.ndarray, size: int = 32) -> np.ndarray:
+    """Grey images ``(N, H, W, 1)`` as RGB ``(N, size, size, 3)``: centred with zero padding, channel repeated.
+
+    The usual way to feed MNIST-like data to networks built for colour images (Fashion-MNIST
+    28x28 → 32x32x3). ``size`` must be at least ``H`` and ``W``.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 1:
+        raise ValueError(f"images must have shape (N, H, W, 1). Received: {images.shape}")
+    height, width = images.shape[1:3]
+    if size < height or size < width:
+        raise ValueError(f"size must be at least the image size {height}x{width}. Received: size={size}")
+    top, left = (size - height) // 2, (size - width) // 2
+    padded = np.pad(images, ((0, 0), (top, size - height - top), (left, size - width - left), (0, 0)))
+    return np.repeat(padded, 3, axis=-1)
 
 
 def load_dataset(name: str, data_dir: PathLike | None = None) -> tuple[Split, Split]:

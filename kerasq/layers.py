@@ -271,6 +271,7 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
         return self.layer.compute_output_shape(input_shape)
 
     # --- the forward pass -------------------------------------------------------------------------
+    @tf.autograph.experimental.do_not_convert  # Python branches on static values only; tracing stays fast
     def call(self, inputs, training=None):
         if training is None:
             training = keras.backend.learning_phase()
@@ -284,17 +285,15 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
                 self._observe(z, mode.observer)
             return self.activation(z)
 
-        def rounded():
-            if not observe and not is_training(training) and self._exact_accumulator():
-                return self._rounded_output(self._integer_call(inputs), inputs, None, exact=True)
-            z, kernel_grid = self._quantized_call(inputs, training)
+        if observe or is_training(training):  # a QAT step: float32 forward pass, fake quantization
+            z = self._quantized_call(inputs, training)
             if observe:
                 self._observe(z, mode.observer)
-            return self._rounded_output(z, inputs, kernel_grid)
-
-        if observe:
-            return rounded()
-        return _round_unless_unobserved(self._ready(), rounded, lambda: self.activation(self._float_call(inputs)))
+            return self._rounded_output(z)
+        # Inference: the integer kernels' arithmetic, exactly (while every range was observed).
+        return _round_unless_unobserved(
+            self._ready(), lambda: self._exact_output(inputs), lambda: self.activation(self._float_call(inputs))
+        )
 
     def _float_call(self, inputs):
         """The float layer (with the folded batch-norm scale ``f`` on its kernel), nothing rounded."""
@@ -307,15 +306,13 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
         finally:
             object.__setattr__(self.layer, self.primary_weight, kernel)
 
-    def _quantized_call(self, inputs, training) -> tuple[tf.Tensor, tuple | None]:
-        """The wrapped layer with quantized weights and bias, and its kernel grid.
+    def _quantized_call(self, inputs, training) -> tf.Tensor:
+        """The wrapped layer with quantized weights and a bias on its int32 grid (float32 arithmetic).
 
-        The grid is ``(Q(W), s, |s·f|)``: the quantized primary kernel before the channel scale,
-        its quantizer's scale and the per-channel weight scales. Layers without weights run as
-        they are (grid None).
+        Layers without weights run as they are.
         """
         if not self.weight_quantizers:
-            return self.layer.call(inputs), None
+            return self.layer.call(inputs)
         swapped = {}
         for attr, quantizer in self.weight_quantizers.items():
             if attr != self.primary_weight:
@@ -337,7 +334,7 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
         finally:
             for attr, value in originals.items():
                 object.__setattr__(self.layer, attr, value)
-        return z, (quantized, scale, weight_scales)
+        return z
 
     def _observe(self, z, observer):
         """Fold this call's float output into the statistics of the output quantizer(s)."""
@@ -347,16 +344,22 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
         if self.activation_quantizer is not None:
             self.activation_quantizer.observe(self.activation(z), self._activation_vars, observer)
 
-    def _rounded_output(self, z, inputs, kernel_grid, exact: bool = False):
-        op_quantizer, op_state = self._op_output()
-        if not exact:
-            z = self._requantize(z, inputs, op_quantizer.grid(op_state), kernel_grid)
+    def _rounded_output(self, z):
+        """The activation and fake quantization of the op's output ``z`` (real units)."""
         if self.pre_activation_quantizer is not None:
             z = self.pre_activation_quantizer.round(z, self._pre_activation_vars)
         y = self.activation(z)
         if self.activation_quantizer is not None:
             y = self.activation_quantizer.round(y, self._output_state())
         return y
+
+    def _exact_output(self, inputs):
+        """The layer's output as the target runtime computes it (see ``kerasq.runtimes``)."""
+        op_quantizer, op_state = self._op_output()
+        if self._exact_accumulator():
+            return self._rounded_output(self._integer_call(inputs))
+        z = self._quantized_call(inputs, False)
+        return self._rounded_output(self._requantize(z, inputs, op_quantizer.grid(op_state)))
 
     def _op_output(self) -> tuple[ActivationQuantizer, dict]:
         """The quantizer (and state) of the op's own output: pre-activation, else the output quantizer."""
@@ -395,37 +398,28 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
         grid_out = op_quantizer.grid(op_state)
         variables = self.weight_quantizer_variables
         quantized, scale = self.weight_quantizer.quantize_with_scale(self.kernel, False, weights=variables)
-        codes = tf.round(quantized / scale)
+        codes = tf.round(ops.exact_divide(quantized, scale))
         if self.channel_scale is not None:  # stored codes carry the sign of f (weight_grid)
             codes = codes * tf.sign(self.channel_scale)
         weight_scales = self._channel_scales(scale)
         storage = storage_of(self.weight_quantizer.grid_bits, target)
         widening = _storage_widening_tf(codes, storage)
-        x_codes = tf.cast(tf.round(inputs / grid_in.scale), tf.float64)
+        x_codes = tf.cast(tf.round(ops.exact_divide(inputs, grid_in.scale)), tf.float64)
         acc = _accumulate(self.layer, self.rule.op, x_codes, tf.cast(codes * widening, tf.float64))
         if getattr(self.layer, "use_bias", False):
             bias_codes = bias_to_codes(self.layer.bias, grid_in.scale * weight_scales)
             acc = acc + tf.cast(bias_codes * widening, tf.float64)
         level = runtimes.requantize_accumulator(
-            acc, grid_in.scale, weight_scales / widening, grid_out.scale, self.requantization_modes()
+            acc, grid_in.scale, ops.exact_divide(weight_scales, widening), grid_out.scale, self.requantization_modes()
         )
         return level * grid_out.scale
 
-    def _requantize(self, z, inputs, grid: ops.Grid, kernel_grid):
-        """``z`` moved where the target runtime's integer kernel rounds it (see ``kerasq.runtimes``)."""
-        if any(getattr(q, "binary", False) for q in (self.activation_quantizer, self.pre_activation_quantizer)):
-            return z  # the exporter turns a sign decision into an exact accumulator test
+    def _requantize(self, z, inputs, grid: ops.Grid):
+        """``z`` of a weightless op moved onto the level the runtime's integer kernel computes (ADD, MEAN)."""
         target = self._links.target
-        if self.weight_quantizers:
-            modes = self.requantization_modes()
-            if not np.any((modes == runtimes.DOUBLE_HALF_UP) | (modes == runtimes.DOUBLE_HALF_AWAY)):
-                return z
-            quantized, scale, weight_scales = kernel_grid
-            storage = storage_of(self.weight_quantizer.grid_bits, target)
-            widening = tf.stop_gradient(_storage_widening_tf(tf.round(quantized / scale), storage))
-            stored = weight_scales / widening
-            exact = runtimes.requantize_weight_op(z, self._input_grid().scale, stored, grid.scale, modes)
-        elif isinstance(self.layer, keras.layers.Add):
+        if any(getattr(q, "binary", False) for q in (self.activation_quantizer, self.pre_activation_quantizer)):
+            return z  # the exporter turns a sign decision into an exact test
+        if isinstance(self.layer, keras.layers.Add):
             grids = [source.output_grid() for source in self._links.inputs]
             exact = runtimes.add(target, inputs[0], inputs[1], grids[0], grids[1], grid) * grid.scale
         elif isinstance(self.layer, keras.layers.GlobalAveragePooling2D):
@@ -606,7 +600,7 @@ def _accumulate(layer: keras.layers.Layer, op: str, x: tf.Tensor, kernel: tf.Ten
 
 def bias_to_codes(bias: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
     """``round(bias / step)`` (half to even), clamped to int32, as float32 (``step``: ``s_in·s_w[c]``)."""
-    return tf.clip_by_value(tf.round(bias / step), -(2.0**31), 2.0**31 - 1)
+    return tf.clip_by_value(tf.round(ops.exact_divide(bias, step)), -(2.0**31), 2.0**31 - 1)
 
 
 def quantize_bias(bias: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
@@ -644,6 +638,7 @@ class QuantizeInput(keras.layers.Layer, _GridOutput):
         self._vars = self.quantizer.build(input_shape, "input", self)
         self.built = True
 
+    @tf.autograph.experimental.do_not_convert  # Python branches on static values only; tracing stays fast
     def call(self, inputs, training=None):
         if training is None:
             training = keras.backend.learning_phase()

@@ -92,3 +92,37 @@ def residual_concat_net(input_shape: tuple[int, int, int] = (28, 28, 1), num_cla
     outputs = keras.layers.Dense(num_classes, name="fc")(x)
     return keras.Model(inputs, outputs, name="residual_concat_net")
 
+
+def resnet20(input_shape: tuple[int, int, int] = (32, 32, 3), num_classes: int = 10, width: int = 16) -> keras.Model:
+    """The CIFAR ResNet-20 (He et al. 2016): a stem, three stages of three basic blocks, GAP, dense.
+
+    Stages have ``width``, ``2·width``, ``4·width`` filters; the first block of stages 2 and 3
+    halves the resolution and projects its shortcut with a strided 1x1 conv + BN. Each block is
+    conv+BN+ReLU → conv+BN (a signed, linear output) → Add with the shortcut → ReLU: nine
+    residual additions in a row, where any rounding the Keras model gets wrong compounds.
+    ~0.27M parameters at width 16.
+    """
+
+    def block(x, filters: int, stride: int, name: str):
+        y = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+        y = keras.layers.BatchNormalization(name=f"{name}_bn1")(y)
+        y = keras.layers.ReLU(name=f"{name}_relu1")(y)
+        y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+        y = keras.layers.BatchNormalization(name=f"{name}_bn2")(y)
+        if stride != 1 or x.shape[-1] != filters:
+            x = keras.layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj")(x)
+            x = keras.layers.BatchNormalization(name=f"{name}_proj_bn")(x)
+        x = keras.layers.Add(name=f"{name}_add")([x, y])
+        return keras.layers.ReLU(name=f"{name}_out")(x)
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name="stem")(inputs)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    for stage, filters in enumerate((width, 2 * width, 4 * width)):
+        for index in range(3):
+            x = block(x, filters, 2 if (index == 0 and stage > 0) else 1, f"stage{stage + 1}_block{index + 1}")
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(num_classes, name="fc")(x)
+    return keras.Model(inputs, outputs, name="resnet20")
+

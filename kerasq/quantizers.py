@@ -144,9 +144,9 @@ class LinearWeightQuantizer(WeightQuantizer):
         r_min = tf.minimum(tf.reduce_min(w, axis=axes, keepdims=True), 0.0)
         r_max = tf.maximum(tf.reduce_max(w, axis=axes, keepdims=True), 0.0)
         span = r_max - r_min
-        scale = tf.stop_gradient(tf.where(span > 0, span / float(qmax - qmin), tf.ones_like(span)))
-        zero_point = tf.stop_gradient(tf.round(qmin - r_min / scale))
-        q = tf.clip_by_value(ops.round_ste(w / scale) + zero_point, float(qmin), float(qmax))
+        scale = tf.stop_gradient(tf.where(span > 0, ops.exact_divide(span, float(qmax - qmin)), tf.ones_like(span)))
+        zero_point = tf.stop_gradient(tf.round(qmin - ops.exact_divide(r_min, scale)))
+        q = tf.clip_by_value(ops.round_ste(ops.exact_divide(w, scale)) + zero_point, float(qmin), float(qmax))
         return q - zero_point, scale
 
     def __call__(self, inputs, training, weights, **kwargs):

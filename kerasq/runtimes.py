@@ -28,9 +28,10 @@ ADD                 21-bit multipliers, one          three gemmlowp roundings
 MEAN (axes 1, 2)    float32 sum·scale, ties to even  integer multiplier, two roundings
 ==================  ===============================  =========================================
 
-A weight op's accumulator is only known in Keras as a float32 convolution, exact to about 1e-7
-relative: its two-step rounding is reproduced except within that distance of a tie. ADD and
-MEAN read codes the Keras model holds exactly, so they are reproduced bit for bit.
+In inference the quantized layers compute a weight op's integer accumulator exactly (a float64
+convolution of the codes) and round it with ``requantize_accumulator``; ADD, MEAN and QUANTIZE
+read the codes the Keras model holds. All are reproduced bit for bit. Training steps use float32
+and plain fake quantization, which differs from these only at rounding ties.
 
 Every function takes codes or values and grid parameters as tensors (scales float32, zero
 points as float32 integers) and returns float32 tensors of integer values (codes or levels).
@@ -44,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from kerasq.compat import tf
+from kerasq.ops import exact_divide
 
 RUNTIMES = ("xnnpack", "reference")
 
@@ -170,47 +172,10 @@ def _mbqm(x: tf.Tensor, m0: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
 
 def _codes(values: tf.Tensor, scale: tf.Tensor, zero_point: tf.Tensor) -> tf.Tensor:
     """The int64 codes of values that lie on the grid ``(scale, zero_point)``."""
-    return tf.cast(tf.round(values / scale), tf.int64) + tf.cast(zero_point, tf.int64)
+    return tf.cast(tf.round(exact_divide(values, scale)), tf.int64) + tf.cast(zero_point, tf.int64)
 
 
 # --- weight ops -------------------------------------------------------------------------------
-def requantize_weight_op(
-    z: tf.Tensor, input_scale: tf.Tensor, weight_scales: tf.Tensor, output_scale: tf.Tensor, modes: np.ndarray
-) -> tf.Tensor:
-    """``z`` (the op's float output before rounding, real units) moved onto the level the runtime picks.
-
-    This is the training-time form (``z`` from a float32 convolution); ``requantize_accumulator``
-    is exact on the integer accumulator. Single-rounding channels keep ``z`` (the output
-    quantizer rounds it). Double-rounding
-    channels get ``level·s_out``: with ``v = z/s_out`` and ``r`` the right shift of the channel's
-    multiplier ``M = s_in·s_w[c]/s_out`` (``QuantizeMultiplier``), ``n = floor(v·2^r + 1/2)``
-    (SaturatingRoundingDoublingHighMul) and ``level = round(n / 2^r)`` with ties up (ruy, NEON)
-    or away from zero (gemmlowp's RoundingDivideByPOT).
-
-    Args:
-      z: float32 ``[..., channels]``. input_scale, output_scale: float32 scalars.
-      weight_scales: float32 ``[channels]``, the scales as stored (after any widening of the codes).
-      modes: ``weight_op_rounding`` of the layer.
-    Returns: float32 tensor like ``z``.
-    """
-    if not np.any((modes == DOUBLE_HALF_UP) | (modes == DOUBLE_HALF_AWAY)):
-        return z
-    multiplier = (
-        tf.cast(input_scale, tf.float64) * tf.cast(weight_scales, tf.float64) / tf.cast(output_scale, tf.float64)
-    )
-    _, shift = quantize_multiplier(multiplier)
-    right_shift = tf.maximum(-shift, 0)
-    step = tf.cast(tf.bitwise.left_shift(tf.constant(1, tf.int64), right_shift), tf.float32)
-    half = step / 2.0
-    v = z / output_scale
-    n = tf.floor(v * step + 0.5)
-    up = tf.floor((n + half) / step)
-    away = tf.where(n >= 0.0, up, -tf.floor((half - n) / step))
-    level = tf.where(tf.constant(modes == DOUBLE_HALF_AWAY), away, up)
-    single = tf.constant((modes == SINGLE) | (modes == SINGLE_DOUBLE))
-    return tf.where(single, z, level * output_scale)
-
-
 def requantize_accumulator(
     acc: tf.Tensor, input_scale: tf.Tensor, weight_scales: tf.Tensor, output_scale: tf.Tensor, modes: np.ndarray
 ) -> tf.Tensor:
@@ -227,7 +192,7 @@ def requantize_accumulator(
       gemmlowp's final rounding, in int64.
     """
     levels = []
-    scale32 = (input_scale * weight_scales) / output_scale
+    scale32 = exact_divide(input_scale * weight_scales, output_scale)
     if np.any(modes == SINGLE):
         levels.append((SINGLE, tf.round(tf.cast(acc, tf.float32) * scale32)))
     multiplier = (
@@ -259,8 +224,8 @@ def _add_xnnpack(a, b, scale_a, scale_b, scale_out, zero_out):
     ``m_i = lrintf(f32(s_i/s_o)·2^shift)``, ``shift = 20 - floor(log2 max_i m_i)``;
     ``out = (2^(shift-1) + m_a·a + m_b·b) >> shift + z_o`` on zero-centred codes ``a, b``.
     """
-    ratio_a = scale_a / scale_out
-    ratio_b = scale_b / scale_out
+    ratio_a = exact_divide(scale_a, scale_out)
+    ratio_b = exact_divide(scale_b, scale_out)
     largest = tf.maximum(ratio_a, ratio_b)
     exponent = tf.cast(tf.bitwise.right_shift(tf.bitcast(largest, tf.int32), 23), tf.int64) - 127
     shift = 20 - exponent
@@ -299,7 +264,7 @@ def add(target: Target, x_a, x_b, grid_a, grid_b, grid_out) -> tf.Tensor:
     if target.runtime == "reference":
         return tf.cast(reference, tf.float32)
     xnnpack = _add_xnnpack(a, b, grid_a.scale, grid_b.scale, grid_out.scale, 0.0)
-    ratios = tf.stack([grid_a.scale / grid_out.scale, grid_b.scale / grid_out.scale])
+    ratios = tf.stack([exact_divide(grid_a.scale, grid_out.scale), exact_divide(grid_b.scale, grid_out.scale)])
     delegated = tf.reduce_all((ratios >= 1.0 / 1024.0) & (ratios < 256.0))
     return tf.cast(tf.where(delegated, xnnpack, reference), tf.float32)
 
@@ -318,7 +283,7 @@ def mean(target: Target, x: tf.Tensor, grid_in, grid_out, axes: tuple[int, ...] 
     count = int(np.prod([int(x.shape[a]) for a in axes]))
     total = tf.reduce_sum(q, axis=list(axes), keepdims=keepdims)
     if target.runtime == "xnnpack":
-        scale = (grid_in.scale / grid_out.scale) * tf.constant(np.float32(1.0) / np.float32(count), tf.float32)
+        scale = exact_divide(grid_in.scale, grid_out.scale) * tf.constant(np.float32(1.0) / np.float32(count), tf.float32)
         zero_in = tf.cast(tf.cast(count, tf.float32) * grid_in.zero_point, tf.float32)
         bias = grid_out.zero_point - zero_in * scale
         code = tf.round(tf.cast(total, tf.float32) * scale + bias)
@@ -339,7 +304,7 @@ def requantize(target: Target, x: tf.Tensor, grid_in, grid_out) -> tf.Tensor:
     ``MBQM(q - z_i, QuantizeMultiplier(s_i/s_o))``.
     """
     q = _codes(x, grid_in.scale, 0.0)
-    ratio = grid_in.scale / grid_out.scale
+    ratio = exact_divide(grid_in.scale, grid_out.scale)
     m0, shift = quantize_multiplier(tf.cast(grid_in.scale, tf.float64) / tf.cast(grid_out.scale, tf.float64))
     reference = _mbqm(q, m0, shift)
     if target.runtime == "reference":

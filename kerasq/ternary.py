@@ -105,9 +105,9 @@ def ttq_grid(
     w_n = tf.convert_to_tensor(w_n, tf.float32)
     delta = ternary_threshold(w, threshold, axes)
     peak = tf.maximum(w_p, w_n)
-    s = tf.where(peak > 0, peak / float(TTQ_LEVELS), tf.ones_like(peak))
-    c_p = tf.clip_by_value(tf.round(w_p / s), 0.0, float(TTQ_LEVELS))
-    c_n = tf.clip_by_value(tf.round(w_n / s), 0.0, float(TTQ_LEVELS))
+    s = tf.where(peak > 0, ops.exact_divide(peak, float(TTQ_LEVELS)), tf.ones_like(peak))
+    c_p = tf.clip_by_value(tf.round(ops.exact_divide(w_p, s)), 0.0, float(TTQ_LEVELS))
+    c_n = tf.clip_by_value(tf.round(ops.exact_divide(w_n, s)), 0.0, float(TTQ_LEVELS))
     positive = w > delta
     negative = w < -delta
     zeros = tf.zeros_like(w)

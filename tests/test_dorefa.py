@@ -308,15 +308,16 @@ def test_serialization_round_trip(tmp_path):
 def test_end_to_end_dorefa_w4a4_on_digits(trained_float_cnn, digits):
     (x_train, y_train), (x_test, y_test) = digits
     keras.utils.set_random_seed(0)
-    qmodel = kerasq.quantize_model(trained_float_cnn, DoReFa())  # conv1 and fc stay int8
+    qmodel = kerasq.quantize_model(trained_float_cnn, DoReFa(), calibration_data=x_train[:512])  # conv1, fc int8
     dorefa_layers = [
         layer.name
         for layer in kerasq.quantized_layers(qmodel)
         if isinstance(layer.weight_quantizer, DoReFaWeightQuantizer)
     ]
     assert dorefa_layers == ["dw2", "pw2"]
-    # Weights lose their scale ([-1, 1]) and ReLUs become clip(x, 0, 1): a higher rate recovers faster.
-    fit_qat(qmodel, digits, epochs=3, lr=3e-3)
+    # Weights lose their scale ([-1, 1]) and ReLUs become clip(x, 0, 1). Over four seeds, 3 epochs at
+    # 3e-3 gave 0.86-0.91; 5 epochs at 1e-3 from calibrated ranges 0.90-0.94 (float 0.96).
+    fit_qat(qmodel, digits, epochs=5, lr=1e-3)
 
     blob, report = export_with_exact_weights(qmodel)
     assert list(kerasq.quantized_weights(qmodel)) == ["conv1", "dw2", "pw2", "fc"]

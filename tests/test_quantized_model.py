@@ -162,3 +162,20 @@ def test_quantizing_a_quantized_model_is_refused(trained_qmodel):
 def test_any_import_order_works_in_a_fresh_interpreter(statement):
     result = subprocess.run([sys.executable, "-c", statement], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_traced_predict_equals_the_eager_call_and_the_file(digits):
+    """Grids computed in a traced fit/predict equal the eager ones the exporter writes (no reciprocal rewrite)."""
+    (x_train, _), (x_test, _) = digits
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(8, 3, activation="relu6", name="conv")(inputs)  # a constant [0, 6] grid
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="fc")(x))
+    for target in ("xnnpack", "reference"):
+        qmodel = kerasq.quantize_model(model, "int8", calibration_data=x_train[:256], target=target)
+        traced = qmodel.predict(x_test, verbose=0, batch_size=64)
+        np.testing.assert_array_equal(traced, qmodel(x_test, training=False).numpy())
+        blob = tflite_export.convert(qmodel)
+        codes = tflite_export.run(blob, x_test, dequantize=False, reference_kernels=target == "reference").astype(int)
+        params = qmodel.get_layer("fc").activation_params()
+        np.testing.assert_array_equal(np.clip(np.floor(traced / params.scale + 0.5) + params.zero_point, -128, 127), codes)
