@@ -8,11 +8,18 @@ One entry per class says everything the rest of kerasq needs to know about a lay
   ``"weight"`` (an op with weights and its own output grid), ``"own_grid"`` (an op without
   weights that requantizes onto its own output grid: ADD, MEAN), ``"same_grid"`` (an op whose
   output is on its input's grid, values unchanged: MAX_POOL_2D, RESHAPE, PAD, ...),
-  ``"shared_grid"`` (inputs and output must share one grid: CONCATENATION), ``"batch_norm"``
-  (folded into the weight op before it), ``"activation"`` (fused into the op before it), or
-  ``"input"``;
+  ``"shared_grid"`` (inputs and output must share one grid: CONCATENATION), ``"affine"`` (a
+  per-channel ``y = a·x + c``: BatchNormalization, Rescaling, Normalization — folded into the
+  weight op before it, or else run as a weight op of its own), ``"activation"`` (fused into the
+  op before it; an uncapped ReLU that cannot be fused runs as RELU on its input's grid),
+  ``"split"`` (a layer TFLite runs as several ops: ``quantize_model`` replaces it by the layers
+  ``split`` returns, e.g. SeparableConv2D → DepthwiseConv2D + 1x1 Conv2D), or ``"input"``;
 - ``op``: the TFLite builtin op it becomes (None: no op, e.g. Dropout);
-- ``folds_batch_norm``: a following BatchNormalization folds into it;
+- ``folds_batch_norm``: a following affine layer (BatchNormalization, ...) folds into it;
+- ``affine``: for an ``"affine"`` layer, its per-channel ``(a, c)``;
+- ``split``: for a ``"split"`` layer, the layers (with their weights) that replace it, in order;
+- ``rounds``: a ``"same_grid"`` op whose integer kernel rounds its result onto the input's grid
+  (AVERAGE_POOL_2D); the quantized model wraps it in ``kerasq.layers.OnInputGrid``;
 - ``check``: a function returning why a particular configuration cannot be quantized, or None.
 
 The match is by exact class (``type(layer)``), as tfmot's registry does: a subclass such as
@@ -26,6 +33,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable
+
+import numpy as np
 
 from kerasq.compat import keras
 
@@ -54,27 +63,40 @@ class LayerRule:
     weights: tuple[WeightSpec, ...] = ()
     folds_batch_norm: bool = False
     check: Callable[[keras.layers.Layer], "str | None"] | None = field(default=None, compare=False)
+    affine: Callable[[keras.layers.Layer, int], "tuple[np.ndarray, np.ndarray]"] | None = field(default=None, compare=False)
+    rounds: bool = False
+    split: Callable[[keras.layers.Layer], "list[tuple[keras.layers.Layer, list[np.ndarray]]]"] | None = field(
+        default=None, compare=False
+    )
 
-    ROLES = ("weight", "own_grid", "same_grid", "shared_grid", "batch_norm", "activation", "input")
+    ROLES = ("weight", "own_grid", "same_grid", "shared_grid", "affine", "activation", "split", "input")
 
     def __post_init__(self):
         if self.role not in self.ROLES:
             raise ValueError(f"role must be one of {self.ROLES}. Received: role={self.role!r}")
 
 
+def _channels_last_check(layer) -> str | None:
+    if layer.data_format != "channels_last":
+        return "only channels_last data is supported"
+    return None
+
+
+def _upsampling_check(layer) -> str | None:
+    if layer.data_format != "channels_last":
+        return "only channels_last data is supported"
+    if layer.interpolation != "nearest":
+        return f"only nearest-neighbour upsampling is supported (interpolation={layer.interpolation!r})"
+    return None
+
+
 def _conv2d_check(layer) -> str | None:
-    if layer.groups != 1:
+    if getattr(layer, "groups", 1) != 1:
         return f"grouped convolution (groups={layer.groups}) has no integer TFLite kernel"
     if layer.data_format != "channels_last":
         return "only channels_last data is supported"
     if tuple(layer.dilation_rate) != (1, 1) and tuple(layer.strides) != (1, 1):
         return "a dilated convolution with strides is not supported by TFLite"
-    return None
-
-
-def _depthwise_check(layer) -> str | None:
-    if layer.data_format != "channels_last":
-        return "only channels_last data is supported"
     return None
 
 
@@ -95,34 +117,69 @@ def _add_check(layer) -> str | None:
     return None
 
 
-def _pool_check(layer) -> str | None:
-    if layer.data_format != "channels_last":
-        return "only channels_last data is supported"
-    return None
-
-
-def _global_pool_check(layer) -> str | None:
-    if layer.data_format != "channels_last":
-        return "only channels_last data is supported"
-    return None
-
-
-def _concat_check(layer) -> str | None:
-    return None
-
-
-def _zero_padding_check(layer) -> str | None:
-    if layer.data_format != "channels_last":
-        return "only channels_last data is supported"
-    return None
-
-
-def _batch_norm_check(layer) -> str | None:
+def _last_axis_check(layer) -> str | None:
     axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
     rank = len(layer.input_shape)
     if [a % rank for a in axis] != [rank - 1]:
-        return f"BatchNormalization over axis {layer.axis} (only the last, channel axis, folds)"
+        return f"{type(layer).__name__} over axis {layer.axis}: only a per-channel (last axis) affine map is supported"
+    if rank not in (2, 4):
+        return f"{type(layer).__name__} on a rank-{rank} input: only rank 2 (features) and rank 4 (images) are supported"
     return None
+
+
+def _rescaling_check(layer) -> str | None:
+    rank = len(layer.input_shape)
+    if rank not in (2, 4):
+        return f"Rescaling on a rank-{rank} input: only rank 2 (features) and rank 4 (images) are supported"
+    for name in ("scale", "offset"):
+        if np.size(getattr(layer, name)) not in (1, int(layer.input_shape[-1])):
+            return f"Rescaling {name} must be a scalar or one value per channel"
+    return None
+
+
+def _per_channel(value, channels: int) -> np.ndarray:
+    return np.broadcast_to(np.reshape(np.asarray(value, np.float64), [-1]), [channels])
+
+
+def _split_separable(layer) -> list[tuple[keras.layers.Layer, list[np.ndarray]]]:
+    """SeparableConv2D = DepthwiseConv2D (no bias) then a 1x1 Conv2D with the bias and activation.
+
+    The depthwise part is named ``{name}_depthwise``; the pointwise part keeps the layer's name.
+    """
+    config = layer.get_config()
+    depthwise = keras.layers.DepthwiseConv2D(
+        config["kernel_size"], strides=config["strides"], padding=config["padding"],
+        depth_multiplier=config["depth_multiplier"], dilation_rate=config["dilation_rate"], use_bias=False,
+        name=f"{layer.name}_depthwise",
+    )
+    pointwise = keras.layers.Conv2D(
+        config["filters"], 1, use_bias=config["use_bias"], activation=config["activation"], name=layer.name
+    )
+    weights = layer.get_weights()  # depthwise_kernel, pointwise_kernel[, bias]
+    return [(depthwise, weights[:1]), (pointwise, weights[1:])]
+
+
+def _batch_norm_affine(layer, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inference-mode batch norm: ``a = γ/sqrt(var + ε)``, ``c = β - μ·a``."""
+    params = {w.name.split("/")[-1].split(":")[0]: w.numpy().astype(np.float64) for w in layer.weights}
+    gamma = params.get("gamma", np.ones(channels))
+    beta = params.get("beta", np.zeros(channels))
+    a = gamma / np.sqrt(params["moving_variance"] + layer.epsilon)
+    return a, beta - params["moving_mean"] * a
+
+
+def _rescaling_affine(layer, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """``y = x·scale + offset``."""
+    return _per_channel(layer.scale, channels), _per_channel(layer.offset, channels)
+
+
+def _normalization_affine(layer, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """``y = (x - mean)/max(sqrt(var), ε)``, or with ``invert=True`` ``y = x·sqrt(var) + mean``."""
+    mean, variance = _per_channel(layer.mean, channels), _per_channel(layer.variance, channels)
+    if getattr(layer, "invert", False):
+        return np.sqrt(variance), mean
+    a = 1.0 / np.maximum(np.sqrt(variance), keras.backend.epsilon())
+    return a, -mean * a
 
 
 LAYER_TABLE: dict[type, LayerRule] = {
@@ -132,20 +189,29 @@ LAYER_TABLE: dict[type, LayerRule] = {
     ),
     keras.layers.DepthwiseConv2D: LayerRule(
         "weight", "DEPTHWISE_CONV_2D", (WeightSpec("depthwise_kernel", (2, 3)),), folds_batch_norm=True,
-        check=_depthwise_check,
+        check=_channels_last_check,
     ),
     keras.layers.Dense: LayerRule(
         "weight", "FULLY_CONNECTED", (WeightSpec("kernel", (-1,)),), folds_batch_norm=True, check=_dense_check
     ),
     keras.layers.Add: LayerRule("own_grid", "ADD", check=_add_check),
-    keras.layers.GlobalAveragePooling2D: LayerRule("own_grid", "MEAN", check=_global_pool_check),
-    keras.layers.Concatenate: LayerRule("shared_grid", "CONCATENATION", check=_concat_check),
-    keras.layers.MaxPooling2D: LayerRule("same_grid", "MAX_POOL_2D", check=_pool_check),
+    keras.layers.GlobalAveragePooling2D: LayerRule("own_grid", "MEAN", check=_channels_last_check),
+    keras.layers.Concatenate: LayerRule("shared_grid", "CONCATENATION"),
+    keras.layers.MaxPooling2D: LayerRule("same_grid", "MAX_POOL_2D", check=_channels_last_check),
+    keras.layers.AveragePooling2D: LayerRule("same_grid", "AVERAGE_POOL_2D", check=_channels_last_check, rounds=True),
     keras.layers.Flatten: LayerRule("same_grid", "RESHAPE"),
     keras.layers.Reshape: LayerRule("same_grid", "RESHAPE"),
     keras.layers.Dropout: LayerRule("same_grid"),
-    keras.layers.ZeroPadding2D: LayerRule("same_grid", "PAD", check=_zero_padding_check),
-    keras.layers.BatchNormalization: LayerRule("batch_norm", check=_batch_norm_check),
+    keras.layers.ZeroPadding2D: LayerRule("same_grid", "PAD", check=_channels_last_check),
+    keras.layers.Cropping2D: LayerRule("same_grid", "SLICE", check=_channels_last_check),
+    keras.layers.UpSampling2D: LayerRule("same_grid", "RESIZE_NEAREST_NEIGHBOR", check=_upsampling_check),
+    keras.layers.SeparableConv2D: LayerRule(
+        "split", weights=(WeightSpec("depthwise_kernel", (2, 3)), WeightSpec("pointwise_kernel", (-1,))),
+        check=_conv2d_check, split=_split_separable,
+    ),
+    keras.layers.BatchNormalization: LayerRule("affine", check=_last_axis_check, affine=_batch_norm_affine),
+    keras.layers.Rescaling: LayerRule("affine", check=_rescaling_check, affine=_rescaling_affine),
+    keras.layers.Normalization: LayerRule("affine", check=_last_axis_check, affine=_normalization_affine),
     keras.layers.ReLU: LayerRule("activation"),
     keras.layers.Activation: LayerRule("activation"),
     keras.layers.Softmax: LayerRule("activation"),
@@ -162,9 +228,23 @@ def supported_layer_names() -> list[str]:
     return sorted(cls.__name__ for cls in LAYER_TABLE if cls is not keras.layers.InputLayer)
 
 
+# Layer types that TFLite has no integer-only kernel for: why, in the error kerasq gives.
+NO_INTEGER_KERNEL: dict[type, str] = {
+    keras.layers.LSTM: "TFLite runs LSTM with float or 16-bit cell state, not as an int8-only op",
+    keras.layers.GRU: "TFLite has no int8 GRU kernel",
+    keras.layers.SimpleRNN: "TFLite has no int8-only recurrent kernel",
+    keras.layers.LayerNormalization: "TFLite has no int8 layer-normalization kernel (it needs float statistics per sample)",
+    keras.layers.Embedding: "an Embedding lookup (GATHER of a float table) is not a quantized op kerasq exports",
+    keras.layers.MultiHeadAttention: "attention needs BATCH_MATMUL and softmax over dynamic products, not exported integer-only",
+    keras.layers.Attention: "attention needs BATCH_MATMUL and softmax over dynamic products, not exported integer-only",
+}
+
+
 def unsupported_reason(layer: keras.layers.Layer) -> str | None:
     """Why ``layer`` cannot be quantized (its class or its configuration), or None if it can."""
     rule = rule_for(layer)
+    if rule is None and type(layer) in NO_INTEGER_KERNEL:
+        return f"{type(layer).__name__} is not supported: {NO_INTEGER_KERNEL[type(layer)]}"
     if rule is None:
         return f"{type(layer).__name__} is not a supported layer type"
     if rule.check is not None:

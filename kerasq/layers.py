@@ -693,11 +693,64 @@ class Requantize(QuantizeInput):
         return self.quantizer.round(inputs + tf.stop_gradient(exact - inputs), self._output_state())
 
 
-KERASQ_LAYERS = (QuantizedLayer, QuantizeInput)  # Requantize is a QuantizeInput
+@register("layer")
+class OnInputGrid(keras.layers.Wrapper):
+    """A layer whose output stays on its input's grid although its integer kernel rounds: AveragePooling2D.
+
+    The mean of a window of codes is rarely a code; TFLite's AVERAGE_POOL_2D rounds it onto the
+    input's grid (``kerasq.runtimes.average_pool``), and so does this wrapper, in training
+    (straight-through gradient) and inference alike. Consumers read the input's grid through it.
+    """
+
+    reads_float = False
+    grid_group: tuple = ()
+
+    def __init__(self, layer: keras.layers.Layer, **kwargs):
+        kwargs.setdefault("name", layer.name)
+        super().__init__(layer, **kwargs)
+        object.__setattr__(self, "quantization_mode", DEFAULT_MODE)
+        object.__setattr__(self, "_links", None)
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self.built = True
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    @tf.autograph.experimental.do_not_convert  # Python branches on static values only
+    def call(self, inputs, training=None):
+        y = self.layer.call(inputs)
+        if self._links is None or not self.quantization_mode.round:
+            return y
+        layer = self.layer
+
+        def rounded():
+            grid = self.output_grid()
+            level = runtimes.average_pool(inputs, grid, layer.pool_size, layer.strides, layer.padding)
+            return y + tf.stop_gradient(level * grid.scale - y)
+
+        return _round_unless_unobserved(self.output_observed(), rounded, lambda: y)
+
+    def _source(self):
+        return self._links.inputs[0]
+
+    def output_grid(self) -> ops.Grid:
+        return self._source().output_grid()
+
+    def output_observed(self):
+        return self._source().output_observed()
+
+    def output_params(self) -> ops.AffineParams:
+        return self._source().output_params()
+
+
+KERASQ_LAYERS = (QuantizedLayer, QuantizeInput, OnInputGrid)  # Requantize is a QuantizeInput
 
 
 def kerasq_layers(model: keras.Model) -> list:
-    """The kerasq layers of ``model`` (``QuantizedLayer`` and ``QuantizeInput``), in order."""
+    """The kerasq layers of ``model`` (``QuantizedLayer``, ``QuantizeInput``, ``OnInputGrid``), in order."""
     return [layer for layer in model.layers if isinstance(layer, KERASQ_LAYERS)]
 
 
@@ -706,4 +759,7 @@ def channel_count(layer: QuantizedLayer) -> int:
     return int(np.prod(layer._channel_shape()))
 
 
-__all__ = ["KERASQ_LAYERS", "Links", "Mode", "QuantizeInput", "QuantizedLayer", "Requantize", "kerasq_layers", "quantize_bias"]
+__all__ = [
+    "KERASQ_LAYERS", "Links", "Mode", "OnInputGrid", "QuantizeInput", "QuantizedLayer", "Requantize", "kerasq_layers",
+    "quantize_bias",
+]

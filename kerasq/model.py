@@ -75,7 +75,8 @@ def _grid_source(graph: LayerGraph, name: str, consumer: str):
         if isinstance(node.layer, KERASQ_LAYERS):
             return node.layer
         rule = rule_for(node.layer)
-        if rule is None or rule.role not in ("same_grid", "shared_grid"):
+        # An activation layer left in a quantized model is an uncapped ReLU on its input's grid.
+        if rule is None or rule.role not in ("same_grid", "shared_grid", "activation"):
             raise ValueError(
                 f"Layer {consumer!r} reads {name!r} ({type(node.layer).__name__}), which is not quantized "
                 "(a layer kept in float has a QuantizeInput after it when quantize_model builds the model)."

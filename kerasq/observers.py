@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from kerasq.compat import tf
-from kerasq.registry import ConfigEquality, create, register
+from kerasq.registry import ConfigEquality, get, register
 
 __all__ = ["MinMaxObserver", "MovingAverageObserver", "Observer", "get_observer"]
 
@@ -108,12 +108,4 @@ class MinMaxObserver(Observer):
 
 def get_observer(observer: "Observer | str | dict") -> Observer:
     """An observer from an instance, a name (``"ema"``, ``"minmax"``) or a Keras config."""
-    if isinstance(observer, Observer):
-        return observer
-    if isinstance(observer, dict):
-        from kerasq.compat import keras
-
-        return keras.utils.deserialize_keras_object(observer)
-    if isinstance(observer, str):
-        return create("observer", observer)
-    raise TypeError(f"observer must be a kerasq Observer, a name or a config dict. Received: {observer!r}")
+    return get("observer", observer, Observer)

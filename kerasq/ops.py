@@ -206,27 +206,6 @@ def fake_quant_affine(x: tf.Tensor, min_value: tf.Tensor, max_value: tf.Tensor, 
     return tf.quantization.fake_quant_with_min_max_vars(x, min_value, max_value, num_bits=bits, narrow_range=False)
 
 
-def batch_norm_factors(
-    bias: np.ndarray | None,
-    gamma: np.ndarray | None,
-    beta: np.ndarray | None,
-    mean: np.ndarray,
-    variance: np.ndarray,
-    epsilon: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Inference-mode batch norm as a per-channel affine map ``y -> f·y + b'`` of the layer output.
-
-    ``f = γ/σ`` and ``b' = (b - μ)·f + β`` with ``σ = sqrt(var + ε)`` (Jacob et al. 2018, §3.2);
-    ``bias`` is the preceding layer's bias (None: zero). Returns ``(f, b')``, each ``[channels]``.
-    """
-    channels = mean.shape[0]
-    gamma = np.ones(channels, np.float32) if gamma is None else gamma
-    beta = np.zeros(channels, np.float32) if beta is None else beta
-    bias = np.zeros(channels, np.float32) if bias is None else bias
-    factor = (gamma / np.sqrt(variance + epsilon)).astype(np.float32)
-    return factor, ((bias - mean) * factor + beta).astype(np.float32)
-
-
 def scale_output_channels(kernel: np.ndarray, factor: np.ndarray, depthwise: bool = False) -> np.ndarray:
     """``kernel`` with output channel ``c`` multiplied by ``factor[c]``, float32.
 

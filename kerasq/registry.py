@@ -70,6 +70,17 @@ def create(kind: str, name: str) -> Any:
     return cls(**arguments)
 
 
+def get(kind: str, value: Any, base: type) -> Any:
+    """An object of family ``kind`` from an instance of ``base``, a registered name or a Keras config dict."""
+    if isinstance(value, base):
+        return value
+    if isinstance(value, dict):
+        return keras.utils.deserialize_keras_object(value)
+    if isinstance(value, str):
+        return create(kind, value)
+    raise TypeError(f"{kind} must be a kerasq {base.__name__}, a name or a config dict. Received: {value!r}")
+
+
 def _resolve(kind: str, name: str) -> tuple[type, dict[str, Any]]:
     key = _key(name)
     if key in _PRESETS.get(kind, {}):

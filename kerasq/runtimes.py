@@ -295,6 +295,29 @@ def mean(target: Target, x: tf.Tensor, grid_in, grid_out, axes: tuple[int, ...] 
     return tf.cast(_mbqm(centred, m_count, shift - k), tf.float32)
 
 
+# --- AVERAGE_POOL_2D --------------------------------------------------------------------------
+def average_pool(x: tf.Tensor, grid, pool_size, strides, padding: str) -> tf.Tensor:
+    """The int8 AVERAGE_POOL_2D of ``x`` (values on ``grid``; the output is on the same grid), as ``out_code - z``.
+
+    LiteRT's integer kernels (optimized_integer_ops and reference_integer_ops ``AveragePool``) sum
+    the codes ``q`` of the window's positions inside the input (zero point included, no
+    rescaling) and divide by their number ``n`` (SAME padding counts only those positions),
+    rounding half away from zero: ``acc > 0 ? (acc + n/2)/n : (acc - n/2)/n`` in C integer
+    division. XNNPACK does not take int8 average pooling, so every runtime computes this.
+    ``x``: float32 ``[batch, h, w, c]``. Returns float32.
+    """
+    q = tf.cast(_codes(x, grid.scale, grid.zero_point), tf.float64)
+    channels = int(x.shape[-1])
+    ph, pw = (int(v) for v in pool_size)
+    window = tf.ones([ph, pw, channels, 1], tf.float64)
+    stride = [1, int(strides[0]), int(strides[1]), 1]
+    total = tf.nn.depthwise_conv2d(q, window, stride, padding.upper())  # exact integer sums
+    count = tf.nn.depthwise_conv2d(tf.ones_like(q[:1, :, :, :1]), window[:, :, :1], stride, padding.upper())
+    half = tf.math.floor(count / 2.0)
+    level = tf.sign(total) * tf.math.floordiv(tf.abs(total) + half, count)
+    return tf.cast(level - tf.cast(grid.zero_point, tf.float64), tf.float32)
+
+
 # --- QUANTIZE (int8 → int8) -------------------------------------------------------------------
 def requantize(target: Target, x: tf.Tensor, grid_in, grid_out) -> tf.Tensor:
     """The runtime's int8→int8 QUANTIZE of ``x`` (on ``grid_in``) onto ``grid_out``, as ``out_code - z_o``.

@@ -2,8 +2,9 @@
 
 ``quantize_model`` never touches the caller's model. It reads the model's graph, checks every
 layer against ``kerasq.layer_table`` (reporting all unsupported layers at once), folds
-inference-mode BatchNormalization into the weight layer before it (as a per-channel scale after
-the weight quantizer, or into the kernel), absorbs standalone activation layers into the layer
+per-channel affine layers (inference-mode BatchNormalization, Rescaling, Normalization) into the
+weight layer before it (as a per-channel scale after the weight quantizer, or into the kernel)
+or makes them ops of their own, absorbs standalone activation layers into the layer
 whose output they act on (as an int8 kernel fuses them), resolves each layer's scheme, groups
 the inputs of each Concatenate onto one shared grid, wraps every layer with weights or an own
 output grid in ``QuantizedLayer`` and returns a linked ``QuantizedModel``.
@@ -12,7 +13,7 @@ output grid in ``QuantizedLayer`` and returns a linked ``QuantizedModel``.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from kerasq.activations import ActivationSpec
 from kerasq.compat import keras, tf
 from kerasq.graph import LayerGraph, Node
 from kerasq.layer_table import rule_for, supported_layer_names, unsupported_reason
-from kerasq.layers import QuantizedLayer, QuantizeInput, Requantize, kerasq_layers
+from kerasq.layers import OnInputGrid, QuantizedLayer, QuantizeInput, Requantize, kerasq_layers
 from kerasq.model import QuantizedModel, quantization_mode
 from kerasq.observers import get_observer
 from kerasq.quantizers import MovingAverageQuantizer
@@ -30,6 +31,9 @@ from kerasq.runtimes import Target
 from kerasq.schemes.base import Linear, Scheme, get_scheme
 
 BN_FOLDING = ("channel_scale", "kernel")
+# Roles of layers whose output is on their input's grid once quantize_model is done (an
+# activation layer left in the model is an uncapped ReLU that could not be fused).
+GRID_KEEPING_ROLES = ("same_grid", "shared_grid", "activation")
 
 
 def _clone(layer: keras.layers.Layer, **overrides) -> keras.layers.Layer:
@@ -38,7 +42,7 @@ def _clone(layer: keras.layers.Layer, **overrides) -> keras.layers.Layer:
 
 
 def _role(layer: keras.layers.Layer) -> str | None:
-    rule = rule_for(layer)
+    rule = rule_for(layer.layer if isinstance(layer, OnInputGrid) else layer)
     return None if rule is None else rule.role
 
 
@@ -74,17 +78,45 @@ def _check_layers(graph: LayerGraph, keep_float: set[str]) -> None:
         )
 
 
-def _fold_batch_norms(graph: LayerGraph, weights: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
-    """Replace Conv/Dense → BatchNormalization pairs by one layer with the folded bias.
+def _split_layers(graph: LayerGraph, weights: dict[str, list[np.ndarray]]) -> None:
+    """Replace each ``"split"`` layer (SeparableConv2D) by the chain of layers its table entry gives.
 
-    The kernel stays as it was; returns ``{layer name: γ/σ}``, the per-channel factor that
-    ``quantize_model`` applies either to the kernel or after the weight quantizer.
+    The last layer of the chain keeps the original name, so consumers and outputs stay wired.
     """
-    factors = {}
     for node in list(graph.nodes):
-        if not isinstance(node.layer, keras.layers.BatchNormalization) or node.name not in [n.name for n in graph.nodes]:
+        rule = rule_for(node.layer)
+        if rule is None or rule.role != "split":
             continue
-        bn = node.layer
+        chain, inbound = [], node.inbound
+        for layer, layer_weights in rule.split(node.layer):
+            chain.append(Node(layer, list(inbound)))
+            weights[layer.name] = layer_weights
+            inbound = [layer.name]
+        index = graph.nodes.index(node)
+        graph.nodes[index : index + 1] = chain
+
+
+def _fold_affines(graph: LayerGraph, weights: dict[str, list[np.ndarray]]) -> tuple[dict[str, np.ndarray], set[str]]:
+    """Fold each per-channel affine layer (BatchNormalization, Rescaling, Normalization) away.
+
+    ``y = a·x + c`` right after a linear Conv2D, DepthwiseConv2D or Dense that has no other
+    consumer folds into it: its bias becomes ``a·b + c`` and its kernel keeps its values, with
+    ``a`` returned as the layer's per-channel factor (``quantize_model`` applies it to the kernel
+    or after the weight quantizer; factors of successive affine layers multiply). Any other
+    affine layer (batch norm before a convolution, after a ReLU or a Concatenate; input
+    preprocessing) becomes a weight op of its own under the same name: a 1x1 DepthwiseConv2D on
+    images, a diagonal Dense on features, whose one weight per channel an 8-bit per-channel grid
+    holds exactly. Returns ``({layer name: factor}, names of the affine layers made into ops)``.
+    """
+    factors: dict[str, np.ndarray] = {}
+    own_ops: set[str] = set()
+    for node in list(graph.nodes):
+        rule = rule_for(node.layer)
+        if rule is None or rule.role != "affine":
+            continue
+        layer = node.layer
+        channels = int(layer.input_shape[-1])
+        scale, offset = rule.affine(layer, channels)
         producer = graph.node(node.inbound[0]) if node.inbound[0] not in graph.inputs else None
         foldable = (
             producer is not None
@@ -93,32 +125,32 @@ def _fold_batch_norms(graph: LayerGraph, weights: dict[str, list[np.ndarray]]) -
             and _activation_of(producer.layer).kind == "linear"
             and len(graph.consumers(producer.name)) == 1
         )
-        if not foldable:
-            raise ValueError(
-                f"BatchNormalization {bn.name!r} does not directly follow a linear Conv2D, DepthwiseConv2D "
-                "or Dense layer, so it cannot be folded for integer export. Received: input from "
-                f"{node.inbound[0]!r}"
-            )
-        params = dict(zip([w.name.split("/")[-1].split(":")[0] for w in bn.weights], weights[bn.name]))
-        layer = producer.layer
-        kernel = weights[layer.name][0]
-        bias = weights[layer.name][1] if layer.use_bias else None
-        factors[layer.name], folded_bias = ops.batch_norm_factors(
-            bias, params.get("gamma"), params.get("beta"), params["moving_mean"], params["moving_variance"], bn.epsilon
-        )
-        producer.layer = _clone(layer, use_bias=True)
-        weights[layer.name] = [kernel, folded_bias]
-        graph.remove(bn.name)
-    return factors
+        if foldable:
+            name = producer.layer.name
+            kernel = weights[name][0]
+            bias = weights[name][1] if producer.layer.use_bias else np.zeros(channels)
+            factors[name] = (factors.get(name, 1.0) * scale).astype(np.float32)
+            producer.layer = _clone(producer.layer, use_bias=True)
+            weights[name] = [kernel, (bias * scale + offset).astype(np.float32)]
+            graph.remove(node.name)
+            continue
+        if len(layer.input_shape) == 4:
+            node.layer = keras.layers.DepthwiseConv2D(1, use_bias=True, name=layer.name)
+            weights[layer.name] = [scale.reshape(1, 1, channels, 1).astype(np.float32), offset.astype(np.float32)]
+        else:
+            node.layer = keras.layers.Dense(channels, use_bias=True, name=layer.name)
+            weights[layer.name] = [np.diag(scale).astype(np.float32), offset.astype(np.float32)]
+        own_ops.add(layer.name)
+    return factors, own_ops
 
 
 def _absorb_activations(graph: LayerGraph) -> dict[str, ActivationSpec]:
     """Move standalone activation layers into the layer whose output they act on.
 
     A linear activation is dropped. Another activation acts on the output of the nearest layer
-    with its own grid, through single-consumer layers that keep their input's grid (MaxPooling2D,
-    Reshape, Flatten, Dropout, ZeroPadding2D: ReLU commutes with them), if that layer's own
-    activation is linear. Returns each layer's activation.
+    with its own grid, through single-consumer layers that keep their input's grid and commute
+    with it (``_commutes``), if that layer's own activation is linear. Returns each layer's
+    activation.
     """
     is_activation = lambda n: _role(n.layer) == "activation"  # noqa: E731
     activations = {n.name: _activation_of(n.layer) for n in graph.nodes if not is_activation(n)}
@@ -129,12 +161,12 @@ def _absorb_activations(graph: LayerGraph) -> dict[str, ActivationSpec]:
         if spec.kind == "linear":
             graph.remove(node.name)
             continue
-        source, chain_ok = node.inbound[0], True
+        source, chain_ok, commutes = node.inbound[0], True, True
         while source not in graph.inputs and _role(graph.node(source).layer) == "same_grid":
             chain_ok = chain_ok and len(graph.consumers(source)) == 1
+            commutes = commutes and _commutes(spec, graph.node(source).layer)
             source = graph.node(source).inbound[0]
         producer = None if source in graph.inputs else graph.node(source)
-        commutes = spec.fusable or source == node.inbound[0]
         absorbable = (
             producer is not None
             and chain_ok
@@ -143,15 +175,39 @@ def _absorb_activations(graph: LayerGraph) -> dict[str, ActivationSpec]:
             and activations[producer.name].kind == "linear"
             and len(graph.consumers(producer.name)) == 1
         )
+        if not absorbable and spec == ActivationSpec("relu"):
+            # An uncapped ReLU keeps its input's grid: TFLite's RELU with equal input and output
+            # quantization is max(q, z), exactly what Keras computes on grid values.
+            node.layer = keras.layers.ReLU(name=node.name)
+            continue
         if not absorbable:
             raise ValueError(
                 f"Activation layer {node.name!r} ({spec.kind}) must act on the output of a Conv2D, DepthwiseConv2D, "
                 "Dense, Add or GlobalAveragePooling2D layer with a linear activation and no other consumer "
-                f"(directly, or through pooling/reshape layers for ReLU). Received: input from {node.inbound[0]!r}"
+                "(directly, or through pooling/reshape layers it commutes with); only an uncapped ReLU runs as an "
+                f"op of its own elsewhere. Received: input from {node.inbound[0]!r}"
             )
         activations[producer.name] = spec
         graph.remove(node.name)
     return activations
+
+
+def _commutes(spec: ActivationSpec, layer: keras.layers.Layer) -> bool:
+    """Does ``act(layer(x)) == layer(act(x))`` for a same-grid ``layer``?
+
+    Every activation commutes with Dropout (identity in inference) and with reshapes that keep
+    the last axis (softmax normalizes over it); elementwise ones with any reshape; monotone
+    ones with max pooling; those with ``act(0) == 0`` (ReLU) with zero padding.
+    """
+    if isinstance(layer, keras.layers.Dropout):
+        return True
+    if isinstance(layer, (keras.layers.Reshape, keras.layers.Flatten)):
+        return spec.kind != "softmax" or layer.input_shape[-1] == layer.output_shape[-1]
+    if isinstance(layer, keras.layers.MaxPooling2D):
+        return spec.kind != "softmax"
+    if isinstance(layer, keras.layers.ZeroPadding2D):
+        return spec.fusable
+    return False
 
 
 def _producers(graph: LayerGraph, name: str) -> list[str]:
@@ -162,7 +218,7 @@ def _producers(graph: LayerGraph, name: str) -> list[str]:
         if source in graph.inputs:
             continue
         node = graph.node(source)
-        if _role(node.layer) in ("same_grid", "shared_grid"):
+        if _role(node.layer) in GRID_KEEPING_ROLES:
             stack.extend(node.inbound)
         else:
             found.append(source)
@@ -174,15 +230,19 @@ def _resolve_schemes(
     scheme: Scheme,
     layer_schemes: Mapping[str, Scheme | str | None],
     first_last_int8: bool | None,
-    folded: Iterable[str],
+    folded: Mapping[str, keras.layers.Layer],
+    affine_ops: set[str],
 ) -> dict[str, Scheme | None]:
-    """Scheme per layer: explicit ``layer_schemes`` entry > first/last int8 policy > ``scheme``."""
+    """Scheme per layer: explicit ``layer_schemes`` entry > first/last int8 policy > ``scheme``.
+
+    An affine layer run as its own op (``_fold_affines``) gets ``Linear()``: its one weight per
+    channel is exact on an 8-bit per-channel grid, and a low-bit grid would change the map.
+    """
     names = [n.name for n in graph.nodes]
-    folded = set(folded)
-    resolved: dict[str, Scheme | None] = {n: scheme for n in names}
+    resolved: dict[str, Scheme | None] = {n: Linear() if n in affine_ops else scheme for n in names}
     if first_last_int8 is None:
         first_last_int8 = scheme.is_low_bit
-    weight_layers = [n.name for n in graph.nodes if _role(n.layer) == "weight"]
+    weight_layers = [n.name for n in graph.nodes if _role(n.layer) == "weight" and n.name not in affine_ops]
     if first_last_int8 and weight_layers:
         for name in {weight_layers[0], weight_layers[-1]}:
             resolved[name] = Linear()
@@ -194,8 +254,8 @@ def _resolve_schemes(
     for name, value in layer_schemes.items():
         if name in folded:
             raise ValueError(
-                f"layer_schemes names {name!r}, a BatchNormalization that quantize_model folds into the layer "
-                "before it; give the scheme for that layer instead."
+                f"layer_schemes names {name!r}, a {type(folded[name]).__name__} that quantize_model folds into "
+                "the layer before it; give the scheme for that layer instead."
             )
         resolved[name] = None if value is None else get_scheme(value)
     return resolved
@@ -242,7 +302,7 @@ def _share_concatenate_grids(nodes: list[Node]) -> None:
         return name
 
     def owner(name: str) -> str:
-        while name in by_name and _role(by_name[name].layer) in ("same_grid", "shared_grid"):
+        while name in by_name and _role(by_name[name].layer) in GRID_KEEPING_ROLES:
             name = by_name[name].inbound[0]
         return name
 
@@ -305,10 +365,12 @@ def quantize_model(
     Returns:
       A new, uncompiled ``QuantizedModel``: ``QuantizeInput`` on each input, each layer with
       weights or an own output grid wrapped in ``QuantizedLayer`` under its original name,
-      BatchNormalization folded. Compile and ``fit`` it as usual; export with ``tflite_export.convert``.
+      BatchNormalization (and Rescaling, Normalization) folded into the weight op before it or run
+      as a per-channel op of its own. Compile and ``fit`` it as usual; export with
+      ``tflite_export.convert``.
     Raises:
       ValueError listing every layer that cannot be quantized (type or configuration) and why,
-      before any work is done; ValueError for BatchNormalization or activations that cannot be folded.
+      before any work is done; ValueError for activations that cannot be fused or run as ops.
     """
     scheme = get_scheme(scheme)
     if bn_folding not in BN_FOLDING:
@@ -326,13 +388,15 @@ def quantize_model(
         raise ValueError(f"layer_schemes names layers the model does not have: {unknown}; layers: {names}")
     keep_float = {name for name, value in layer_schemes.items() if value is None}
     _check_layers(graph, keep_float)
-    batch_norms = [n.name for n in graph.nodes if _role(n.layer) == "batch_norm"]
+    affine_layers = {n.name: n.layer for n in graph.nodes if _role(n.layer) == "affine"}
     weights = {n.name: n.layer.get_weights() for n in graph.nodes}
-    bn_factors = _fold_batch_norms(graph, weights)
+    _split_layers(graph, weights)
+    bn_factors, affine_ops = _fold_affines(graph, weights)
+    folded = {name: layer for name, layer in affine_layers.items() if name not in affine_ops}
     activations = _absorb_activations(graph)
     for node in graph.nodes:  # fresh layers: the caller's model keeps its own
         node.layer = _clone(node.layer)
-    schemes = _resolve_schemes(graph, scheme, layer_schemes, first_last_int8, batch_norms)
+    schemes = _resolve_schemes(graph, scheme, layer_schemes, first_last_int8, folded, affine_ops)
 
     channel_scales = {}
     for name, factor in bn_factors.items():
@@ -359,6 +423,8 @@ def quantize_model(
         elif _role(node.layer) in ("weight", "own_grid"):
             layer = _wrap(node, schemes[node.name], activations[node.name], node.name in channel_scales)
             wrapped.append(Node(layer, inbound))
+        elif rule_for(node.layer).rounds:
+            wrapped.append(Node(OnInputGrid(node.layer), inbound))
         else:
             wrapped.append(Node(node.layer, inbound))
     _share_concatenate_grids(wrapped)
@@ -492,8 +558,10 @@ def observer_states(layer) -> list[dict]:
     """The observer statistics (``min``/``max``/``count`` dicts) of a kerasq layer's quantizers."""
     if isinstance(layer, QuantizeInput):
         candidates = [layer._vars]
-    else:
+    elif isinstance(layer, QuantizedLayer):
         candidates = [layer._pre_activation_vars, layer._activation_vars]
+    else:
+        candidates = []
     return [state for state in candidates if "count" in state]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -123,3 +125,13 @@ def reload_identical(qmodel, x, path):
         restored = keras.models.load_model(path)
     np.testing.assert_array_equal(restored.predict(x, verbose=0), qmodel.predict(x, verbose=0))
     return restored
+
+
+def fashion_mnist_or_skip():
+    """Fashion-MNIST ``((x_train, y_train), (x_test, y_test))`` from ``KERASQ_DATA``, or skip the test."""
+    from kerasq.datasets import load_dataset
+
+    data_dir = os.environ.get("KERASQ_DATA", "").strip()
+    if not data_dir:
+        pytest.skip("KERASQ_DATA is not set (a folder holding fashion-mnist/)")
+    return load_dataset("fashion_mnist", data_dir)

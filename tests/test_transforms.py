@@ -124,11 +124,11 @@ def test_relu6_and_relu1_get_fixed_ranges():
     assert q.get_layer("b").activation_params().scale == pytest.approx(1 / 255)
 
 
-def test_unfoldable_batch_norm_is_an_error():
-    inputs = keras.Input((4,))
-    x = keras.layers.Dense(4, activation="relu", name="d")(inputs)
-    x = keras.layers.BatchNormalization(name="bn")(x)
-    with pytest.raises(ValueError, match="'bn' does not directly follow"):
+def test_batch_norm_that_is_not_per_channel_is_an_error():
+    inputs = keras.Input((4, 4, 2))
+    x = keras.layers.Conv2D(4, 1, activation="relu", name="c")(inputs)
+    x = keras.layers.BatchNormalization(axis=1, name="bn")(x)
+    with pytest.raises(ValueError, match="'bn' .*only a per-channel"):
         kerasq.quantize_model(keras.Model(inputs, x))
 
 

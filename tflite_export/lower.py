@@ -29,7 +29,7 @@ from kerasq.activations import ActivationSpec
 from kerasq.compat import keras
 from kerasq.graph import LayerGraph, Node
 from kerasq.layer_table import rule_for
-from kerasq.layers import QuantizedLayer, QuantizeInput, Requantize, STORAGE_LIMITS, storage_of, storage_widening
+from kerasq.layers import OnInputGrid, QuantizedLayer, QuantizeInput, Requantize, STORAGE_LIMITS, storage_of, storage_widening
 from kerasq.ops import AffineParams, widened
 from kerasq.runtimes import Target
 from tflite_export.ir import Graph, Quantization
@@ -86,6 +86,8 @@ class Lowering:
                 self._quantize_input(node)
             elif isinstance(layer, QuantizedLayer):
                 self._quantized(node)
+            elif isinstance(layer, OnInputGrid):
+                LOWERINGS[type(layer.layer)](self, node)
             elif type(layer) in LOWERINGS:
                 LOWERINGS[type(layer)](self, node)
             else:
@@ -378,11 +380,12 @@ def _identity(ctx: Lowering, node: Node) -> None:
     ctx.same_grid(node, None)
 
 
-@lowers(keras.layers.MaxPooling2D)
-def _max_pool(ctx: Lowering, node: Node) -> None:
-    layer = node.layer
+@lowers(keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
+def _pool(ctx: Lowering, node: Node) -> None:
+    layer = node.layer.layer if isinstance(node.layer, OnInputGrid) else node.layer
+    op = "AVERAGE_POOL_2D" if isinstance(layer, keras.layers.AveragePooling2D) else "MAX_POOL_2D"
     ctx.same_grid(
-        node, "MAX_POOL_2D", padding=layer.padding.upper(), stride_h=int(layer.strides[0]), stride_w=int(layer.strides[1]),
+        node, op, padding=layer.padding.upper(), stride_h=int(layer.strides[0]), stride_w=int(layer.strides[1]),
         filter_height=int(layer.pool_size[0]), filter_width=int(layer.pool_size[1]), fused_activation_function="NONE",
     )
 
@@ -399,6 +402,28 @@ def _zero_padding(ctx: Lowering, node: Node) -> None:
     (top, bottom), (left, right) = node.layer.padding
     paddings = np.array([[0, 0], [top, bottom], [left, right], [0, 0]], np.int32)
     ctx.same_grid(node, "PAD", [ctx.ir.constant(f"{node.name}/paddings", paddings, "int32")])
+
+
+@lowers(keras.layers.Cropping2D)
+def _cropping(ctx: Lowering, node: Node) -> None:
+    (top, _), (left, _) = node.layer.cropping
+    height, width, _ = _shape(node.layer)
+    begin = ctx.ir.constant(f"{node.name}/begin", np.array([0, top, left, 0], np.int32), "int32")
+    size = ctx.ir.constant(f"{node.name}/size", np.array([-1, height, width, -1], np.int32), "int32")
+    ctx.same_grid(node, "SLICE", [begin, size])
+
+
+@lowers(keras.layers.UpSampling2D)
+def _upsampling(ctx: Lowering, node: Node) -> None:
+    height, width, _ = _shape(node.layer)
+    size = ctx.ir.constant(f"{node.name}/size", np.array([height, width], np.int32), "int32")
+    ctx.same_grid(node, "RESIZE_NEAREST_NEIGHBOR", [size], align_corners=False, half_pixel_centers=False)
+
+
+@lowers(keras.layers.ReLU)
+def _relu(ctx: Lowering, node: Node) -> None:
+    """An uncapped ReLU that quantize_model could not fuse: RELU with its input's quantization (``max(q, z)``)."""
+    ctx.same_grid(node, "RELU")
 
 
 @lowers(keras.layers.Concatenate)

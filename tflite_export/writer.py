@@ -24,7 +24,7 @@ VERSIONS = {
     "CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 4, "MAX_POOL_2D": 2, "AVERAGE_POOL_2D": 2,
     "MEAN": 2, "ADD": 2, "CONCATENATION": 2, "RESHAPE": 1, "SOFTMAX": 2, "LOGISTIC": 2, "TANH": 2,
     "MINIMUM": 2, "MAXIMUM": 2, "QUANTIZE": 2, "DEQUANTIZE": 2, "PAD": 2, "CAST": 1, "GREATER_EQUAL": 2,
-    "SELECT_V2": 1,
+    "SELECT_V2": 1, "SLICE": 2, "RELU": 2, "RESIZE_NEAREST_NEIGHBOR": 2,
 }
 # The options table of each op that has one (schema.BuiltinOptions member and *OptionsT class).
 OPTIONS = {
@@ -45,6 +45,7 @@ OPTIONS = {
     "MAXIMUM": "MaximumMinimumOptions",
     "GREATER_EQUAL": "GreaterEqualOptions",
     "SELECT_V2": "SelectV2Options",
+    "RESIZE_NEAREST_NEIGHBOR": "ResizeNearestNeighborOptions",
 }
 _TENSOR_TYPES = {
     "bool": schema.TensorType.BOOL, "int4": schema.TensorType.INT4, "int8": schema.TensorType.INT8,

@@ -27,7 +27,7 @@ from kerasq.quantizers import (
     MovingAverageQuantizer,
     WeightQuantizer,
 )
-from kerasq.registry import ConfigEquality, create, names, register
+from kerasq.registry import ConfigEquality, get, names, register
 
 class Scheme(ConfigEquality, metaclass=abc.ABCMeta):
     """Base class: a policy mapping a layer to its weight and activation quantizers.
@@ -126,13 +126,7 @@ def get_scheme(scheme: "Scheme | str | dict") -> Scheme:
 
     Raises ``ValueError`` listing the valid names for an unknown one.
     """
-    if isinstance(scheme, Scheme):
-        return scheme
-    if isinstance(scheme, dict):
-        return keras.utils.deserialize_keras_object(scheme)
-    if isinstance(scheme, str):
-        return create("scheme", scheme)
-    raise TypeError(f"scheme must be a kerasq Scheme, a name or a config dict. Received: {scheme!r}")
+    return get("scheme", scheme, Scheme)
 
 
 def available_schemes() -> list[str]:
