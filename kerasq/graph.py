@@ -2,9 +2,9 @@
 
 ``LayerGraph`` lists the model's layers in topological order with the names of the layers
 feeding each one. Transforms (BN folding, activation absorption, wrapping) edit this list and
-``build()`` turns it back into a Functional model. Shared layers and nested models are
-rejected with an error naming them, because a layer called twice has no single set of
-quantization parameters.
+``build()`` turns it back into a Functional model. A nested Sequential or Functional model
+(a backbone used as a layer) is read as the layers it holds. Shared layers are rejected with an
+error naming them, because a layer called twice has no single set of quantization parameters.
 """
 
 from __future__ import annotations
@@ -56,8 +56,13 @@ class LayerGraph:
                 f"Model {model.name!r} has no defined input shape; build it with an Input layer or input_shape."
             )
         for layer in model.layers:
-            if isinstance(layer, keras.Model):
-                raise ValueError(f"Nested model {layer.name!r} is not supported; flatten it into the outer model.")
+            if isinstance(layer, keras.Model) and not (
+                isinstance(layer, keras.Sequential) or getattr(layer, "_is_graph_network", False)
+            ):
+                raise ValueError(
+                    f"Nested model {layer.name!r} is a subclassed model (no inspectable graph); kerasq reads "
+                    "nested Sequential and Functional models only."
+                )
 
     @classmethod
     def _from_sequential(cls, model: keras.Sequential) -> "LayerGraph":
@@ -66,6 +71,9 @@ class LayerGraph:
         nodes, previous = [], input_name
         for layer in model.layers:
             if isinstance(layer, keras.layers.InputLayer):
+                continue
+            if isinstance(layer, keras.Model):
+                previous = cls._inline(layer, [previous], nodes)
                 continue
             nodes.append(Node(layer, [previous]))
             previous = layer.name
@@ -76,6 +84,7 @@ class LayerGraph:
         """Read the graph from the model's own call records (``_inbound_nodes`` and Keras history)."""
         network_nodes = model._network_nodes  # the calls that belong to this model
         inputs, dtypes, nodes = {}, {}, []
+        aliases: dict[str, str] = {}  # a nested model's name -> the node producing its output
         for layer in model.layers:
             calls = [
                 node
@@ -96,15 +105,43 @@ class LayerGraph:
                         f"Layer {layer.name!r} reads output {tensor_index} of the multi-output layer "
                         f"{producer.name!r}; multi-output layers are not supported."
                     )
-                inbound.append(producer.name)
+                inbound.append(aliases.get(producer.name, producer.name))
+            if isinstance(layer, keras.Model):
+                aliases[layer.name] = cls._inline(layer, inbound, nodes)
+                continue
             nodes.append(Node(layer, inbound))
-        outputs = [tensor._keras_history[0].name for tensor in model.outputs]
+        outputs = [aliases.get(t._keras_history[0].name, t._keras_history[0].name) for t in model.outputs]
         order = [tensor._keras_history[0].name for tensor in model.inputs]
         missing = [name for name in order if name not in inputs]
         if missing:
             raise ValueError(f"Model inputs {missing} were not found among the model layers.")
         inputs = {name: inputs[name] for name in order}  # the model's input order
         return cls(inputs, {name: dtypes[name] for name in order}, nodes, outputs, model.name)
+
+    @classmethod
+    def _inline(cls, inner: keras.Model, inbound: list[str], nodes: list[Node]) -> str:
+        """Append the nodes of a nested single-output model, reading ``inbound``; returns its output node.
+
+        A model used as a layer (a pretrained backbone, say) is read as the layers it holds, so
+        each of them is quantized like the outer model's own.
+        """
+        graph = cls.from_model(inner)
+        if len(graph.outputs) != 1 or len(graph.inputs) != len(inbound):
+            raise ValueError(
+                f"Nested model {inner.name!r} has {len(graph.inputs)} inputs and {len(graph.outputs)} outputs; "
+                "kerasq inlines nested models with one output."
+            )
+        taken = {node.name for node in nodes} | set(inbound)
+        clashes = sorted(taken & {node.name for node in graph.nodes})
+        if clashes:
+            raise ValueError(
+                f"Nested model {inner.name!r} has layers named like layers of the outer model: {clashes}; "
+                "layer names must be unique across the nesting."
+            )
+        rename = dict(zip(graph.inputs, inbound))
+        for node in graph.nodes:
+            nodes.append(Node(node.layer, [rename.get(name, name) for name in node.inbound]))
+        return rename.get(graph.outputs[0], graph.outputs[0])
 
     def node(self, name: str) -> Node:
         for node in self.nodes:

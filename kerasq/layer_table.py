@@ -101,9 +101,8 @@ def _conv2d_check(layer) -> str | None:
 
 
 def _dense_check(layer) -> str | None:
-    shape = layer.input_shape
-    if isinstance(shape, list) or len(shape) != 2:
-        return f"Dense on a rank-{len(shape) if not isinstance(shape, list) else '?'} input is not supported yet (rank 2 only)"
+    if isinstance(layer.input_shape, list):
+        return "Dense with several inputs is not supported"
     return None
 
 
@@ -122,15 +121,10 @@ def _last_axis_check(layer) -> str | None:
     rank = len(layer.input_shape)
     if [a % rank for a in axis] != [rank - 1]:
         return f"{type(layer).__name__} over axis {layer.axis}: only a per-channel (last axis) affine map is supported"
-    if rank not in (2, 4):
-        return f"{type(layer).__name__} on a rank-{rank} input: only rank 2 (features) and rank 4 (images) are supported"
     return None
 
 
 def _rescaling_check(layer) -> str | None:
-    rank = len(layer.input_shape)
-    if rank not in (2, 4):
-        return f"Rescaling on a rank-{rank} input: only rank 2 (features) and rank 4 (images) are supported"
     for name in ("scale", "offset"):
         if np.size(getattr(layer, name)) not in (1, int(layer.input_shape[-1])):
             return f"Rescaling {name} must be a scalar or one value per channel"

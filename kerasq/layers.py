@@ -589,8 +589,8 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
 
 def _accumulate(layer: keras.layers.Layer, op: str, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     """The op's integer accumulator (no bias) on codes, in the dtype of ``x`` and ``kernel`` (float64)."""
-    if op == "FULLY_CONNECTED":
-        return tf.matmul(x, kernel)
+    if op == "FULLY_CONNECTED":  # over the last axis of any rank, as FULLY_CONNECTED with keep_num_dims
+        return tf.tensordot(x, kernel, [[x.shape.rank - 1], [0]])
     padding = layer.padding.upper()
     dilations = list(layer.dilation_rate)
     if op == "DEPTHWISE_CONV_2D":

@@ -134,7 +134,14 @@ def _fold_affines(graph: LayerGraph, weights: dict[str, list[np.ndarray]]) -> tu
             weights[name] = [kernel, (bias * scale + offset).astype(np.float32)]
             graph.remove(node.name)
             continue
-        if len(layer.input_shape) == 4:
+        rank = len(layer.input_shape)
+        if rank not in (2, 4):
+            raise ValueError(
+                f"{type(layer).__name__} {layer.name!r} on a rank-{rank} input does not directly follow a linear "
+                "Conv2D, DepthwiseConv2D or Dense layer to fold into, and runs as an op of its own on rank 2 "
+                "(features) or rank 4 (images) only."
+            )
+        if rank == 4:
             node.layer = keras.layers.DepthwiseConv2D(1, use_bias=True, name=layer.name)
             weights[layer.name] = [scale.reshape(1, 1, channels, 1).astype(np.float32), offset.astype(np.float32)]
         else:

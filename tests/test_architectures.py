@@ -180,3 +180,48 @@ def test_layers_without_an_integer_kernel_are_refused_by_name_and_reason():
     message = str(error.value)
     assert "'norm' (LayerNormalization): LayerNormalization is not supported: TFLite has no int8 layer-normalization" in message
     assert "'lstm' (LSTM): LSTM is not supported: TFLite runs LSTM with float" in message
+
+
+def test_a_nested_backbone_is_quantized_as_its_layers():
+    """The transfer-learning pattern: a stock model used as a layer inside a Functional model."""
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 1, size=(64, 32, 32, 3)).astype(np.float32)
+    backbone = apps.MobileNet((32, 32, 3), alpha=0.25, include_top=False, weights=None)
+    inputs = keras.Input((32, 32, 3))
+    h = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(10, name="head")(h))
+    head = keras.Sequential([keras.Input((4, 4, 8)), keras.Sequential([keras.layers.Conv2D(4, 1, name="inner")], name="sub")])
+    assert [type(layer).__name__ for layer in kerasq.quantize_model(head).layers[2:]] == ["QuantizedLayer"]
+    qmodel = kerasq.quantize_model(model, calibration_data=x)
+    assert "conv1" in {layer.name for layer in qmodel.layers}  # the backbone's first conv, inlined
+    blob = tflite_export.convert(qmodel)
+    assert tflite_export.inspect(blob).is_integer_only
+    parity = tflite_export.compare(qmodel, blob, x)
+    assert parity.max_abs_lsb <= 1 and parity.top1_agreement >= 0.99, parity
+
+
+@pytest.mark.parametrize("runtime", ["xnnpack", "reference"])
+def test_dense_on_a_sequence_keeps_its_axes_and_exports_exactly(runtime):
+    """Dense over the last axis of [batch, steps, features] (a batch norm folded into it):
+    FULLY_CONNECTED with keep_num_dims; a rank-3 batch norm with nothing to fold into is refused."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(128, 6, 8)).astype(np.float32)
+    inputs = keras.Input((6, 8))
+    h = keras.layers.Dense(16, activation="relu", name="per_step")(inputs)
+    h = keras.layers.Dense(4, name="per_step_2")(h)
+    h = keras.layers.BatchNormalization(moving_mean_initializer="normal", name="per_step_bn")(h)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="head")(keras.layers.Flatten(name="flat")(h)))
+    qmodel = kerasq.quantize_model(model, calibration_data=x, target=runtime)
+    assert "per_step_bn" not in {layer.name for layer in qmodel.layers}  # folded into per_step_2
+    blob = tflite_export.convert(qmodel)
+    report = tflite_export.inspect(blob)
+    assert report.is_integer_only and report.op_counts()["FULLY_CONNECTED"] == 3
+    keras_out = qmodel.predict(x, verbose=0)
+    out = qmodel.get_layer("head").activation_params()
+    codes = np.round(keras_out / out.scale) + out.zero_point
+    file_codes = tflite_export.run(blob, x, dequantize=False, reference_kernels=runtime == "reference")
+    assert np.array_equal(codes, file_codes.astype(np.float64)), np.abs(codes - file_codes).max()
+    inputs = keras.Input((6, 8))
+    h = keras.layers.BatchNormalization(name="bn_on_input")(inputs)
+    with pytest.raises(ValueError, match="'bn_on_input' on a rank-3 input does not directly follow"):
+        kerasq.quantize_model(keras.Model(inputs, keras.layers.Dense(2)(h)))

@@ -278,8 +278,10 @@ def _weight_op(ctx: Lowering, wrapper: QuantizedLayer, sources, shape, out_param
         Quantization(bias_scales[:1] if per_tensor else bias_scales, np.zeros(1 if per_tensor else channels)),
     )
     out = ctx.ir.activation(wrapper.name, shape, out_params)
-    if op == "FULLY_CONNECTED":
-        ctx.ir.add_operator(op, [x_index, w_index, b_index], [out], fused_activation_function=fused)
+    if op == "FULLY_CONNECTED":  # on a rank > 2 input (Dense over the last axis) the other axes stay
+        ctx.ir.add_operator(
+            op, [x_index, w_index, b_index], [out], fused_activation_function=fused, keep_num_dims=len(shape) > 1
+        )
         return out
     options = dict(
         padding=inner.padding.upper(),
