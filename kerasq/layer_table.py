@@ -8,7 +8,8 @@ One entry per class says everything the rest of kerasq needs to know about a lay
   ``"weight"`` (an op with weights and its own output grid), ``"own_grid"`` (an op without
   weights that requantizes onto its own output grid: ADD, MEAN), ``"same_grid"`` (an op whose
   output is on its input's grid, values unchanged: MAX_POOL_2D, RESHAPE, PAD, ...),
-  ``"shared_grid"`` (inputs and output must share one grid: CONCATENATION), ``"affine"`` (a
+  ``"shared_grid"`` (inputs and output must share one grid: CONCATENATION, MAXIMUM, MINIMUM
+  compare or copy codes), ``"affine"`` (a
   per-channel ``y = a·x + c``: BatchNormalization, Rescaling, Normalization — folded into the
   weight op before it, or else run as a weight op of its own), ``"activation"`` (fused into the
   op before it; an uncapped ReLU that cannot be fused runs as RELU on its input's grid),
@@ -79,6 +80,14 @@ class LayerRule:
 def _channels_last_check(layer) -> str | None:
     if layer.data_format != "channels_last":
         return "only channels_last data is supported"
+    return None
+
+
+def _two_inputs_check(layer) -> str | None:
+    inputs = len(layer.input_shape) if isinstance(layer.input_shape, list) else 1
+    if inputs != 2:
+        op = type(layer).__name__.upper()
+        return f"TFLite's {op} takes two inputs and this {type(layer).__name__} has {inputs}; chain layers of two"
     return None
 
 
@@ -191,10 +200,13 @@ LAYER_TABLE: dict[type, LayerRule] = {
     keras.layers.Add: LayerRule("own_grid", "ADD", check=_add_check),
     keras.layers.GlobalAveragePooling2D: LayerRule("own_grid", "MEAN", check=_channels_last_check),
     keras.layers.Concatenate: LayerRule("shared_grid", "CONCATENATION"),
+    keras.layers.Maximum: LayerRule("shared_grid", "MAXIMUM", check=_two_inputs_check),
+    keras.layers.Minimum: LayerRule("shared_grid", "MINIMUM", check=_two_inputs_check),
     keras.layers.MaxPooling2D: LayerRule("same_grid", "MAX_POOL_2D", check=_channels_last_check),
     keras.layers.AveragePooling2D: LayerRule("same_grid", "AVERAGE_POOL_2D", check=_channels_last_check, rounds=True),
     keras.layers.Flatten: LayerRule("same_grid", "RESHAPE"),
     keras.layers.Reshape: LayerRule("same_grid", "RESHAPE"),
+    keras.layers.Permute: LayerRule("same_grid", "TRANSPOSE"),
     keras.layers.Dropout: LayerRule("same_grid"),
     keras.layers.ZeroPadding2D: LayerRule("same_grid", "PAD", check=_channels_last_check),
     keras.layers.Cropping2D: LayerRule("same_grid", "SLICE", check=_channels_last_check),

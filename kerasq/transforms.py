@@ -6,7 +6,7 @@ per-channel affine layers (inference-mode BatchNormalization, Rescaling, Normali
 weight layer before it (as a per-channel scale after the weight quantizer, or into the kernel)
 or makes them ops of their own, absorbs standalone activation layers into the layer
 whose output they act on (as an int8 kernel fuses them), resolves each layer's scheme, groups
-the inputs of each Concatenate onto one shared grid, wraps every layer with weights or an own
+the inputs of each Concatenate (Maximum, Minimum) onto one shared grid, wraps every layer with weights or an own
 output grid in ``QuantizedLayer`` and returns a linked ``QuantizedModel``.
 """
 
@@ -292,12 +292,14 @@ def _shareable(layer) -> bool:
     return pre is None and type(quantizer) is MovingAverageQuantizer and quantizer.bits == 8
 
 
-def _share_concatenate_grids(nodes: list[Node]) -> None:
-    """Put the inputs of every Concatenate on one grid (TFLite's CONCATENATION copies codes).
+def _share_grids(nodes: list[Node]) -> None:
+    """Put the inputs of every shared-grid layer on one grid.
 
-    Each input's grid owner (through same-grid layers) joins the concatenation's group; a group
+    CONCATENATION copies codes and MAXIMUM/MINIMUM compare them, so TFLite needs one grid on
+    their inputs and output. Each input's grid owner (through same-grid layers) joins the
+    layer's group; a group
     is the union of groups that share a member. An owner whose grid cannot be shared (low-bit,
-    fixed-range, binary) gets a ``Requantize`` layer before the Concatenate. The members'
+    fixed-range, binary) gets a ``Requantize`` layer before that layer. The members'
     ``grid_group`` lists every member; each observes its own range and rounds onto their union.
     """
     by_name = {node.name: node for node in nodes}
@@ -434,7 +436,7 @@ def quantize_model(
             wrapped.append(Node(OnInputGrid(node.layer), inbound))
         else:
             wrapped.append(Node(node.layer, inbound))
-    _share_concatenate_grids(wrapped)
+    _share_grids(wrapped)
     graph.nodes = wrapped
     graph.outputs = [renamed.get(n, n) for n in graph.outputs]
     qmodel = graph.build(name=f"{model.name}_quantized", model_class=QuantizedModel, target=target)

@@ -55,9 +55,9 @@ def quantize_train_export(model, data, scheme="int8", steps=16):
     return qmodel, tflite_export.convert(qmodel)
 
 
-def assert_architecture_exports_exactly(name, data):
+def assert_architecture_exports_exactly(name, data, scheme="int8"):
     keras.utils.set_random_seed(0)
-    qmodel, blob = quantize_train_export(ARCHITECTURES[name](), data)
+    qmodel, blob = quantize_train_export(ARCHITECTURES[name](), data, scheme)
     report = tflite_export.inspect(blob)
     assert report.is_integer_only, report
     (_, _), (x_test, _) = data
@@ -69,6 +69,40 @@ def assert_architecture_exports_exactly(name, data):
 @pytest.mark.parametrize("name", [n for n in ARCHITECTURES if n not in LARGE])
 def test_mobile_architectures_quantize_train_and_export_exactly(name, fashion_rgb):
     assert_architecture_exports_exactly(name, fashion_rgb)
+
+
+MOBILE = ["MobileNet", "MobileNetV2", "MobileNetV3Small_minimalistic"]
+LOW_BIT_DEFAULT = {("MobileNet", "pact"), ("MobileNetV2", "twn")}  # the rest run with -m slow
+
+
+@pytest.mark.parametrize(
+    "name, scheme",
+    [
+        pytest.param(n, s, marks=() if (n, s) in LOW_BIT_DEFAULT else pytest.mark.slow)
+        for n in MOBILE
+        for s in ("pact", "twn")
+    ],
+)
+def test_mobile_architectures_with_low_bit_schemes_export_exactly(name, scheme, fashion_rgb):
+    """PACT w4a4 and TWN (first and last layers int8), packed INT4 weights, on the MobileNets."""
+    report, _ = assert_architecture_exports_exactly(name, fashion_rgb, scheme)
+    assert any(w.tensor.dtype == "int4" for w in report.weights)
+
+
+def test_post_training_quantization_of_a_stock_architecture(fashion_rgb):
+    """``convert(float_model, representative_data=...)``: integer-only, and the same file as
+    ``quantize_model(..., calibration_data=...)`` computes, bit for bit."""
+    (x_train, y_train), (x_test, _) = fashion_rgb
+    keras.utils.set_random_seed(0)
+    model = ARCHITECTURES["MobileNetV2"]()
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy())
+    model.fit(x_train, y_train, batch_size=64, epochs=1, verbose=0)
+    blob = tflite_export.convert(model, representative_data=x_train[:256])
+    assert tflite_export.inspect(blob).is_integer_only
+    qmodel = kerasq.quantize_model(model, calibration_data=x_train[:256])
+    assert tflite_export.convert(qmodel) == blob
+    parity = tflite_export.compare(qmodel, blob, x_test)
+    assert parity.max_abs_lsb == 0, parity
 
 
 @pytest.mark.slow
@@ -225,3 +259,30 @@ def test_dense_on_a_sequence_keeps_its_axes_and_exports_exactly(runtime):
     h = keras.layers.BatchNormalization(name="bn_on_input")(inputs)
     with pytest.raises(ValueError, match="'bn_on_input' on a rank-3 input does not directly follow"):
         kerasq.quantize_model(keras.Model(inputs, keras.layers.Dense(2)(h)))
+
+
+@pytest.mark.parametrize("runtime", ["xnnpack", "reference"])
+def test_maximum_minimum_and_permute_export_exactly(runtime):
+    """MAXIMUM and MINIMUM compare codes, so their inputs share one grid (as CONCATENATION's);
+    Permute is a TRANSPOSE on its input's grid."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(128, 8, 8, 3)).astype(np.float32)
+    inputs = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(4, 3, padding="same", name="a")(inputs)
+    b = keras.layers.Conv2D(4, 1, activation="relu", name="b")(inputs)
+    c = keras.layers.Conv2D(4, 1, name="c")(inputs)
+    h = keras.layers.Maximum(name="max")([a, b])
+    h = keras.layers.Minimum(name="min")([h, c])
+    h = keras.layers.Permute((2, 1, 3), name="swap_hw")(h)
+    h = keras.layers.Conv2D(4, (3, 1), name="d")(h)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="head")(keras.layers.GlobalAveragePooling2D()(h)))
+    qmodel = kerasq.quantize_model(model, calibration_data=x, target=runtime)
+    assert qmodel.get_layer("a").grid_group == ["a", "b", "c"]
+    blob = tflite_export.convert(qmodel)
+    ops = tflite_export.inspect(blob).op_counts()
+    assert ops["MAXIMUM"] == ops["MINIMUM"] == ops["TRANSPOSE"] == 1
+    keras_out = qmodel.predict(x, verbose=0)
+    out = qmodel.get_layer("head").activation_params()
+    codes = np.round(keras_out / out.scale) + out.zero_point
+    file_codes = tflite_export.run(blob, x, dequantize=False, reference_kernels=runtime == "reference")
+    assert np.array_equal(codes, file_codes.astype(np.float64)), np.abs(codes - file_codes).max()

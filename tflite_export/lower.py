@@ -428,19 +428,27 @@ def _relu(ctx: Lowering, node: Node) -> None:
     ctx.same_grid(node, "RELU")
 
 
-@lowers(keras.layers.Concatenate)
-def _concatenate(ctx: Lowering, node: Node) -> None:
+@lowers(keras.layers.Permute)
+def _permute(ctx: Lowering, node: Node) -> None:
+    permutation = np.array([0, *node.layer.dims], np.int32)
+    ctx.same_grid(node, "TRANSPOSE", [ctx.ir.constant(f"{node.name}/permutation", permutation, "int32")])
+
+
+@lowers(keras.layers.Concatenate, keras.layers.Maximum, keras.layers.Minimum)
+def _shared_grid(ctx: Lowering, node: Node) -> None:
+    """CONCATENATION / MAXIMUM / MINIMUM: ops that copy or compare codes, so one grid throughout."""
     sources = [ctx.source(name, node.layer) for name in node.inbound]
     params = sources[0][1]
+    op = rule_for(node.layer).op
     if any(p != params for _, p in sources):
         raise ExportError(
-            f"Concatenate {node.name!r}: its inputs are on different grids {[p for _, p in sources]}; TFLite's "
-            "CONCATENATION copies codes and needs one grid (quantize_model shares it; was the model built by it?)."
+            f"{type(node.layer).__name__} {node.name!r}: its inputs are on different grids {[p for _, p in sources]}; "
+            f"TFLite's {op} needs one grid (quantize_model shares it; was the model built by it?)."
         )
     shape = _shape(node.layer)
     out = ctx.ir.activation(node.name, shape, params)
-    ctx.ir.add_operator(
-        "CONCATENATION", [s[0] for s in sources], [out], axis=int(node.layer.axis % (len(shape) + 1)),
-        fused_activation_function="NONE",
-    )
+    options = {}
+    if op == "CONCATENATION":
+        options = dict(axis=int(node.layer.axis % (len(shape) + 1)), fused_activation_function="NONE")
+    ctx.ir.add_operator(op, [s[0] for s in sources], [out], **options)
     ctx.produced[node.name] = (out, params)

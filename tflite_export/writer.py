@@ -25,6 +25,7 @@ VERSIONS = {
     "MEAN": 2, "ADD": 2, "CONCATENATION": 2, "RESHAPE": 1, "SOFTMAX": 2, "LOGISTIC": 2, "TANH": 2,
     "MINIMUM": 2, "MAXIMUM": 2, "QUANTIZE": 2, "DEQUANTIZE": 2, "PAD": 2, "CAST": 1, "GREATER_EQUAL": 2,
     "SELECT_V2": 1, "SLICE": 2, "RELU": 2, "RESIZE_NEAREST_NEIGHBOR": 2,
+    "TRANSPOSE": 2,
 }
 # The options table of each op that has one (schema.BuiltinOptions member and *OptionsT class).
 OPTIONS = {
