@@ -18,6 +18,8 @@
 - ``R`` reproduces the integer kernel's rounding where it differs from rounding the float
   result once (two-step requantization of INT4 convolutions, ADD's fixed-point multipliers,
   MEAN's arithmetic): the layer's *target* (``kerasq.runtimes.Target``) says which runtime.
+  It applies in inference, where weight ops compute their integer accumulator exactly (codes
+  in float64); training steps run in float32 with fake quantization and no ``R``.
 - ``P_q`` (pre-activation) exists only for activations TFLite runs as a separate op (softmax,
   sigmoid, tanh); for the fusable ones (linear, ReLU, capped ReLU) ``A_q`` alone rounds the
   output, exactly as a fused int8 kernel does.
