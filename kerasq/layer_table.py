@@ -39,7 +39,12 @@ import numpy as np
 
 from kerasq.compat import keras
 
-__all__ = ["LAYER_TABLE", "LayerRule", "WeightSpec", "rule_for", "supported_layer_names", "unsupported_reason"]
+__all__ = ["GRID_KEEPING_ROLES", "LAYER_TABLE", "LayerRule", "WeightSpec", "rule_for", "supported_layer_names", "unsupported_reason"]
+
+
+# Roles of the layers whose output is on their input's grid once quantize_model is done (an
+# activation layer left in a quantized model is an uncapped ReLU that had nothing to fuse into).
+GRID_KEEPING_ROLES = ("same_grid", "shared_grid", "activation")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Iterator
 
 from kerasq.compat import keras
 from kerasq.graph import LayerGraph
-from kerasq.layer_table import rule_for
+from kerasq.layer_table import GRID_KEEPING_ROLES, rule_for
 from kerasq.layers import DEFAULT_MODE, KERASQ_LAYERS, Links, Mode, kerasq_layers
 from kerasq.observers import Observer
 from kerasq.registry import register
@@ -75,8 +75,7 @@ def _grid_source(graph: LayerGraph, name: str, consumer: str):
         if isinstance(node.layer, KERASQ_LAYERS):
             return node.layer
         rule = rule_for(node.layer)
-        # An activation layer left in a quantized model is an uncapped ReLU on its input's grid.
-        if rule is None or rule.role not in ("same_grid", "shared_grid", "activation"):
+        if rule is None or rule.role not in GRID_KEEPING_ROLES:
             raise ValueError(
                 f"Layer {consumer!r} reads {name!r} ({type(node.layer).__name__}), which is not quantized "
                 "(a layer kept in float has a QuantizeInput after it when quantize_model builds the model)."

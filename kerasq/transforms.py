@@ -21,7 +21,7 @@ from kerasq import ops
 from kerasq.activations import ActivationSpec
 from kerasq.compat import keras, tf
 from kerasq.graph import LayerGraph, Node
-from kerasq.layer_table import rule_for, supported_layer_names, unsupported_reason
+from kerasq.layer_table import GRID_KEEPING_ROLES, rule_for, supported_layer_names, unsupported_reason
 from kerasq.layers import OnInputGrid, QuantizedLayer, QuantizeInput, Requantize, kerasq_layers
 from kerasq.model import QuantizedModel, quantization_mode
 from kerasq.observers import get_observer
@@ -31,9 +31,6 @@ from kerasq.runtimes import Target
 from kerasq.schemes.base import Linear, Scheme, get_scheme
 
 BN_FOLDING = ("channel_scale", "kernel")
-# Roles of layers whose output is on their input's grid once quantize_model is done (an
-# activation layer left in the model is an uncapped ReLU that could not be fused).
-GRID_KEEPING_ROLES = ("same_grid", "shared_grid", "activation")
 
 
 def _clone(layer: keras.layers.Layer, **overrides) -> keras.layers.Layer:
@@ -297,9 +294,9 @@ def _share_grids(nodes: list[Node]) -> None:
 
     CONCATENATION copies codes and MAXIMUM/MINIMUM compare them, so TFLite needs one grid on
     their inputs and output. Each input's grid owner (through same-grid layers) joins the
-    layer's group; a group
-    is the union of groups that share a member. An owner whose grid cannot be shared (low-bit,
-    fixed-range, binary) gets a ``Requantize`` layer before that layer. The members'
+    layer's group; a group is the union of groups that share a member. An owner whose grid
+    cannot be shared (low-bit, fixed-range, binary) gets a ``Requantize`` layer before that
+    layer. The members'
     ``grid_group`` lists every member; each observes its own range and rounds onto their union.
     """
     by_name = {node.name: node for node in nodes}

@@ -55,6 +55,15 @@ def quantize_train_export(model, data, scheme="int8", steps=16):
     return qmodel, tflite_export.convert(qmodel)
 
 
+def assert_same_codes(qmodel, blob, x, output_layer: str, runtime: str) -> None:
+    """The file's int8 outputs equal the Keras model's, code for code, on ``runtime``'s LiteRT kernels."""
+    keras_out = qmodel.predict(x, verbose=0)
+    out = qmodel.get_layer(output_layer).activation_params()
+    codes = np.round(keras_out / out.scale) + out.zero_point
+    file_codes = tflite_export.run(blob, x, dequantize=False, reference_kernels=runtime == "reference")
+    assert np.array_equal(codes, file_codes.astype(np.float64)), np.abs(codes - file_codes).max()
+
+
 def assert_architecture_exports_exactly(name, data, scheme="int8"):
     keras.utils.set_random_seed(0)
     qmodel, blob = quantize_train_export(ARCHITECTURES[name](), data, scheme)
@@ -152,11 +161,7 @@ def test_preprocessing_batch_norm_and_average_pooling_export_exactly(tmp_path):
         # The float map survives: the affine ops hold their one weight per channel exactly.
         float_out = model.predict(x, verbose=0)
         assert np.max(np.abs(qmodel.predict(x, verbose=0) - float_out)) < 0.1 * np.ptp(float_out)
-        keras_out = qmodel.predict(x, verbose=0)
-        out = qmodel.get_layer("fc2").activation_params()
-        codes = np.round(keras_out / out.scale) + out.zero_point
-        file_codes = tflite_export.run(blob, x, dequantize=False, reference_kernels=runtime == "reference")
-        assert np.array_equal(codes, file_codes.astype(np.float64)), np.abs(codes - file_codes).max()
+        assert_same_codes(qmodel, blob, x, "fc2", runtime)
         restored = reload_identical(qmodel, x, str(tmp_path / f"{runtime}.keras"))
         assert tflite_export.convert(restored) == blob
 
@@ -254,11 +259,7 @@ def test_dense_on_a_sequence_keeps_its_axes_and_exports_exactly(runtime):
     blob = tflite_export.convert(qmodel)
     report = tflite_export.inspect(blob)
     assert report.is_integer_only and report.op_counts()["FULLY_CONNECTED"] == 3
-    keras_out = qmodel.predict(x, verbose=0)
-    out = qmodel.get_layer("head").activation_params()
-    codes = np.round(keras_out / out.scale) + out.zero_point
-    file_codes = tflite_export.run(blob, x, dequantize=False, reference_kernels=runtime == "reference")
-    assert np.array_equal(codes, file_codes.astype(np.float64)), np.abs(codes - file_codes).max()
+    assert_same_codes(qmodel, blob, x, "head", runtime)
     inputs = keras.Input((6, 8))
     h = keras.layers.BatchNormalization(name="bn_on_input")(inputs)
     with pytest.raises(ValueError, match="'bn_on_input' on a rank-3 input does not directly follow"):
@@ -286,8 +287,4 @@ def test_maximum_minimum_and_permute_export_exactly(runtime):
     blob = tflite_export.convert(qmodel)
     ops = tflite_export.inspect(blob).op_counts()
     assert ops["MAXIMUM"] == ops["MINIMUM"] == ops["TRANSPOSE"] == 1
-    keras_out = qmodel.predict(x, verbose=0)
-    out = qmodel.get_layer("head").activation_params()
-    codes = np.round(keras_out / out.scale) + out.zero_point
-    file_codes = tflite_export.run(blob, x, dequantize=False, reference_kernels=runtime == "reference")
-    assert np.array_equal(codes, file_codes.astype(np.float64)), np.abs(codes - file_codes).max()
+    assert_same_codes(qmodel, blob, x, "head", runtime)

@@ -385,9 +385,8 @@ def _identity(ctx: Lowering, node: Node) -> None:
 @lowers(keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
 def _pool(ctx: Lowering, node: Node) -> None:
     layer = node.layer.layer if isinstance(node.layer, OnInputGrid) else node.layer
-    op = "AVERAGE_POOL_2D" if isinstance(layer, keras.layers.AveragePooling2D) else "MAX_POOL_2D"
     ctx.same_grid(
-        node, op, padding=layer.padding.upper(), stride_h=int(layer.strides[0]), stride_w=int(layer.strides[1]),
+        node, rule_for(layer).op, padding=layer.padding.upper(), stride_h=int(layer.strides[0]), stride_w=int(layer.strides[1]),
         filter_height=int(layer.pool_size[0]), filter_width=int(layer.pool_size[1]), fused_activation_function="NONE",
     )
 
