@@ -34,13 +34,18 @@ def tfmot_reference(model: keras.Model, x_train, y_train, epochs: int, calibrati
     qat = tfmot.quantization.keras.quantize_model(model)
     qat.compile(keras.optimizers.Adam(5e-4), LOSS, metrics=["accuracy"])
     qat.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=2)
-    converter = tf.lite.TFLiteConverter.from_keras_model(qat)
+    return qat, converter_int8(qat, calibration)
+
+
+def converter_int8(model: keras.Model, calibration: np.ndarray) -> bytes:
+    """TensorFlow's full-integer conversion (int8 ops, input and output) with ``calibration`` as representative data."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([calibration[i : i + 1]] for i in range(len(calibration)))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    return qat, converter.convert()
+    return converter.convert()
 
 
 def measure(name: str, keras_model, blob: bytes, x_test, y_test) -> dict:

@@ -5,12 +5,15 @@ feeding each one. Transforms (BN folding, activation absorption, wrapping) edit 
 ``build()`` turns it back into a Functional model. A nested Sequential or Functional model
 (a backbone used as a layer) is read as the layers it holds. Shared layers are rejected with an
 error naming them, because a layer called twice has no single set of quantization parameters.
+Arithmetic Keras records as ``TFOpLambda`` (``x + 3.0``, ``x * y``) is read as the layer it
+computes (``kerasq.arithmetic``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kerasq.arithmetic import from_tf_op_lambda
 from kerasq.compat import keras
 
 
@@ -109,6 +112,8 @@ class LayerGraph:
             if isinstance(layer, keras.Model):
                 aliases[layer.name] = cls._inline(layer, inbound, nodes)
                 continue
+            if type(layer).__name__ == "TFOpLambda":  # `x + 3.0` in a Functional model: a layer of its own
+                layer = from_tf_op_lambda(layer, calls[0]) or layer
             nodes.append(Node(layer, inbound))
         outputs = [aliases.get(t._keras_history[0].name, t._keras_history[0].name) for t in model.outputs]
         order = [tensor._keras_history[0].name for tensor in model.inputs]

@@ -6,7 +6,7 @@ One entry per class says everything the rest of kerasq needs to know about a lay
   output channels (a layer may have several);
 - ``role``: how the layer takes part in the integer model —
   ``"weight"`` (an op with weights and its own output grid), ``"own_grid"`` (an op without
-  weights that requantizes onto its own output grid: ADD, MEAN), ``"same_grid"`` (an op whose
+  weights that requantizes onto its own output grid: ADD, SUB, MUL, MEAN), ``"same_grid"`` (an op whose
   output is on its input's grid, values unchanged: MAX_POOL_2D, RESHAPE, PAD, ...),
   ``"shared_grid"`` (inputs and output must share one grid: CONCATENATION, MAXIMUM, MINIMUM
   compare or copy codes), ``"affine"`` (a
@@ -14,13 +14,14 @@ One entry per class says everything the rest of kerasq needs to know about a lay
   weight op before it, or else run as a weight op of its own), ``"activation"`` (fused into the
   op before it; an uncapped ReLU that cannot be fused runs as RELU on its input's grid),
   ``"split"`` (a layer TFLite runs as several ops: ``quantize_model`` replaces it by the layers
-  ``split`` returns, e.g. SeparableConv2D → DepthwiseConv2D + 1x1 Conv2D), or ``"input"``;
+  ``split`` returns, e.g. SeparableConv2D → DepthwiseConv2D + 1x1 Conv2D, Conv2DTranspose →
+  ``kerasq.transposed_conv.TransposedConv2D``), or ``"input"``;
 - ``op``: the TFLite builtin op it becomes (None: no op, e.g. Dropout);
 - ``folds_batch_norm``: a following affine layer (BatchNormalization, ...) folds into it;
 - ``affine``: for an ``"affine"`` layer, its per-channel ``(a, c)``;
 - ``split``: for a ``"split"`` layer, the layers (with their weights) that replace it, in order;
 - ``rounds``: a ``"same_grid"`` op whose integer kernel rounds its result onto the input's grid
-  (AVERAGE_POOL_2D); the quantized model wraps it in ``kerasq.layers.OnInputGrid``;
+  (AVERAGE_POOL_2D, RESIZE_BILINEAR); the quantized model wraps it in ``kerasq.layers.OnInputGrid``;
 - ``check``: a function returning why a particular configuration cannot be quantized, or None.
 
 The match is by exact class (``type(layer)``), as tfmot's registry does: a subclass such as
@@ -37,7 +38,9 @@ from typing import Callable
 
 import numpy as np
 
+from kerasq.arithmetic import ScalarArithmetic
 from kerasq.compat import keras
+from kerasq.transposed_conv import TransposedConv2D, from_conv2d_transpose, unsupported_transpose_reason
 
 __all__ = ["GRID_KEEPING_ROLES", "LAYER_TABLE", "LayerRule", "WeightSpec", "rule_for", "supported_layer_names", "unsupported_reason"]
 
@@ -99,8 +102,8 @@ def _two_inputs_check(layer) -> str | None:
 def _upsampling_check(layer) -> str | None:
     if layer.data_format != "channels_last":
         return "only channels_last data is supported"
-    if layer.interpolation != "nearest":
-        return f"only nearest-neighbour upsampling is supported (interpolation={layer.interpolation!r})"
+    if layer.interpolation not in ("nearest", "bilinear"):
+        return f"only nearest and bilinear upsampling have int8 TFLite kernels (interpolation={layer.interpolation!r})"
     return None
 
 
@@ -114,19 +117,30 @@ def _conv2d_check(layer) -> str | None:
     return None
 
 
+def _conv1d_check(layer) -> str | None:
+    if getattr(layer, "groups", 1) != 1:
+        return f"grouped convolution (groups={layer.groups}) has no integer TFLite kernel"
+    if layer.data_format != "channels_last":
+        return "only channels_last data is supported"
+    if tuple(layer.dilation_rate) != (1,) and tuple(layer.strides) != (1,):
+        return "a dilated convolution with strides is not supported by TFLite"
+    return None
+
+
 def _dense_check(layer) -> str | None:
     if isinstance(layer.input_shape, list):
         return "Dense with several inputs is not supported"
     return None
 
 
-def _add_check(layer) -> str | None:
-    inputs = len(layer.input_shape) if isinstance(layer.input_shape, list) else 1
-    if inputs != 2:
-        return f"TFLite's ADD takes two inputs and this Add has {inputs}; split it into Add layers of two"
+def _binary_check(layer) -> str | None:
+    """Two inputs of one rank whose shapes broadcast (ADD, MUL: a squeeze-excite ``[h, w, c]·[1, 1, c]``)."""
+    reason = _two_inputs_check(layer)
+    if reason is not None:
+        return reason
     shapes = [tuple(s[1:]) for s in layer.input_shape]
-    if shapes[0] != shapes[1]:
-        return f"Add with broadcasting ({shapes[0]} + {shapes[1]}) is not supported yet"
+    if len(shapes[0]) != len(shapes[1]) or any(a != b and 1 not in (a, b) for a, b in zip(*shapes)):
+        return f"inputs of shapes {shapes[0]} and {shapes[1]} do not broadcast elementwise"
     return None
 
 
@@ -195,6 +209,9 @@ LAYER_TABLE: dict[type, LayerRule] = {
     keras.layers.Conv2D: LayerRule(
         "weight", "CONV_2D", (WeightSpec("kernel", (-1,)),), folds_batch_norm=True, check=_conv2d_check
     ),
+    keras.layers.Conv1D: LayerRule(  # CONV_2D on [batch, 1, steps, channels] between two RESHAPEs
+        "weight", "CONV_2D", (WeightSpec("kernel", (-1,)),), folds_batch_norm=True, check=_conv1d_check
+    ),
     keras.layers.DepthwiseConv2D: LayerRule(
         "weight", "DEPTHWISE_CONV_2D", (WeightSpec("depthwise_kernel", (2, 3)),), folds_batch_norm=True,
         check=_channels_last_check,
@@ -202,8 +219,12 @@ LAYER_TABLE: dict[type, LayerRule] = {
     keras.layers.Dense: LayerRule(
         "weight", "FULLY_CONNECTED", (WeightSpec("kernel", (-1,)),), folds_batch_norm=True, check=_dense_check
     ),
-    keras.layers.Add: LayerRule("own_grid", "ADD", check=_add_check),
+    keras.layers.Add: LayerRule("own_grid", "ADD", check=_binary_check),
+    keras.layers.Subtract: LayerRule("own_grid", "SUB", check=_binary_check),
+    keras.layers.Multiply: LayerRule("own_grid", "MUL", check=_binary_check),
+    ScalarArithmetic: LayerRule("own_grid"),  # ADD or MUL with an int8 constant, by its ``op``
     keras.layers.GlobalAveragePooling2D: LayerRule("own_grid", "MEAN", check=_channels_last_check),
+    keras.layers.GlobalAveragePooling1D: LayerRule("own_grid", "MEAN", check=_channels_last_check),
     keras.layers.Concatenate: LayerRule("shared_grid", "CONCATENATION"),
     keras.layers.Maximum: LayerRule("shared_grid", "MAXIMUM", check=_two_inputs_check),
     keras.layers.Minimum: LayerRule("shared_grid", "MINIMUM", check=_two_inputs_check),
@@ -215,15 +236,21 @@ LAYER_TABLE: dict[type, LayerRule] = {
     keras.layers.Dropout: LayerRule("same_grid"),
     keras.layers.ZeroPadding2D: LayerRule("same_grid", "PAD", check=_channels_last_check),
     keras.layers.Cropping2D: LayerRule("same_grid", "SLICE", check=_channels_last_check),
-    keras.layers.UpSampling2D: LayerRule("same_grid", "RESIZE_NEAREST_NEIGHBOR", check=_upsampling_check),
+    keras.layers.UpSampling2D: LayerRule(  # RESIZE_BILINEAR when interpolation="bilinear"
+        "same_grid", "RESIZE_NEAREST_NEIGHBOR", check=_upsampling_check, rounds=True
+    ),
     keras.layers.SeparableConv2D: LayerRule(
         "split", weights=(WeightSpec("depthwise_kernel", (2, 3)), WeightSpec("pointwise_kernel", (-1,))),
         check=_conv2d_check, split=_split_separable,
     ),
+    keras.layers.Conv2DTranspose: LayerRule("split", check=unsupported_transpose_reason, split=from_conv2d_transpose),
+    TransposedConv2D: LayerRule("weight", "TRANSPOSE_CONV", (WeightSpec("kernel", (-1,)),), folds_batch_norm=True),
     keras.layers.BatchNormalization: LayerRule("affine", check=_last_axis_check, affine=_batch_norm_affine),
     keras.layers.Rescaling: LayerRule("affine", check=_rescaling_check, affine=_rescaling_affine),
     keras.layers.Normalization: LayerRule("affine", check=_last_axis_check, affine=_normalization_affine),
     keras.layers.ReLU: LayerRule("activation"),
+    keras.layers.LeakyReLU: LayerRule("activation"),
+    keras.layers.ELU: LayerRule("activation"),
     keras.layers.Activation: LayerRule("activation"),
     keras.layers.Softmax: LayerRule("activation"),
 }
@@ -254,6 +281,11 @@ NO_INTEGER_KERNEL: dict[type, str] = {
 def unsupported_reason(layer: keras.layers.Layer) -> str | None:
     """Why ``layer`` cannot be quantized (its class or its configuration), or None if it can."""
     rule = rule_for(layer)
+    if rule is None and type(layer).__name__ == "TFOpLambda":
+        return (
+            f"TFOpLambda {layer.get_config().get('function')!r}: kerasq reads arithmetic written on tensors only as "
+            "x + c, x - c, x * c, x / c with a number c, or x + y, x - y, x * y of two tensors"
+        )
     if rule is None and type(layer) in NO_INTEGER_KERNEL:
         return f"{type(layer).__name__} is not supported: {NO_INTEGER_KERNEL[type(layer)]}"
     if rule is None:

@@ -20,8 +20,9 @@
   MEAN's arithmetic): the layer's *target* (``kerasq.runtimes.Target``) says which runtime.
   It applies in inference, where weight ops compute their integer accumulator exactly (codes
   in float64); training steps run in float32 with fake quantization and no ``R``.
-- ``P_q`` (pre-activation) exists only for activations TFLite runs as a separate op (softmax,
-  sigmoid, tanh); for the fusable ones (linear, ReLU, capped ReLU) ``A_q`` alone rounds the
+- ``P_q`` (pre-activation) exists only for activations TFLite runs as separate ops (softmax,
+  sigmoid, tanh; swish as LOGISTIC and MUL, ``y = z·σ̂(z)`` with the gate ``σ̂`` on LOGISTIC's
+  fixed grid and the MUL rounded as the runtime does; leaky ReLU); for the fusable ones (linear, ReLU, capped ReLU) ``A_q`` alone rounds the
   output, exactly as a fused int8 kernel does.
 
 Observing (statistics) and rounding are separate steps: during ``fit`` a layer observes then
@@ -38,6 +39,8 @@ import numpy as np
 
 from kerasq import ops, runtimes
 from kerasq.activations import ActivationSpec
+from kerasq.arithmetic import ScalarArithmetic
+from kerasq.transposed_conv import TransposedConv2D
 from kerasq.compat import keras, tf
 from kerasq.layer_table import rule_for
 from kerasq.observers import Observer
@@ -92,9 +95,13 @@ def _deserialize(value):
     return deserialize(value) if isinstance(value, dict) else value
 
 
-def storage_of(bits: int, target: runtimes.Target) -> str:
-    """``"int4"`` for grids of at most 4 bits when the target packs INT4, else ``"int8"``."""
-    return "int4" if target.pack_int4 and bits <= 4 else "int8"
+# The weight ops whose TFLite kernels take INT4 weights.
+INT4_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def storage_of(bits: int, target: runtimes.Target, op: str = "CONV_2D") -> str:
+    """``"int4"`` for grids of at most 4 bits when the target packs INT4 and ``op`` takes it, else ``"int8"``."""
+    return "int4" if target.pack_int4 and bits <= 4 and op in INT4_OPS else "int8"
 
 
 def storage_widening(peak: int, storage: str) -> int:
@@ -346,22 +353,51 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
         if self.activation_quantizer is not None:
             self.activation_quantizer.observe(self.activation(z), self._activation_vars, observer)
 
-    def _rounded_output(self, z):
-        """The activation and fake quantization of the op's output ``z`` (real units)."""
+    def _rounded_output(self, z, exact: bool = False):
+        """The activation and fake quantization of the op's output ``z`` (real units).
+
+        ``exact``: ``z`` is on its grid already and the activation's own integer ops (swish's
+        MUL) round as the target runtime does.
+        """
         if self.pre_activation_quantizer is not None:
             z = self.pre_activation_quantizer.round(z, self._pre_activation_vars)
-        y = self.activation(z)
+        y = self._activate(z, exact)
         if self.activation_quantizer is not None:
             y = self.activation_quantizer.round(y, self._output_state())
         return y
+
+    def _activate(self, z, exact: bool):
+        """The activation of ``z``; with ``exact``, the ops TFLite runs it as round as the runtime does.
+
+        Swish is ``z·σ̂(z)``: the sigmoid gate on LOGISTIC's fixed grid, then MUL onto the output
+        grid. Leaky ReLU is LEAKY_RELU onto the output grid. Other activations are exact as
+        ``act(z)`` rounded by the output quantizer.
+        """
+        kind = self.activation.kind
+        if kind == "swish":
+            gate_quantizer = self.activation.gate_quantizer()
+            gate = gate_quantizer.round(tf.sigmoid(z), {})
+            y = z * gate
+        else:
+            y = self.activation(z)
+        if not exact or kind not in ("swish", "leaky_relu"):
+            return y
+        target = self._links.target
+        grid = self.activation_quantizer.grid(self._output_state())
+        z_grid = self.pre_activation_quantizer.grid(self._pre_activation_vars)
+        if kind == "swish":
+            level = runtimes.mul(target, z, gate, z_grid, gate_quantizer.grid({}), grid)
+        else:
+            level = runtimes.leaky_relu(target, z, z_grid, grid, self.activation.alpha)
+        return y + tf.stop_gradient(level * grid.scale - y)
 
     def _exact_output(self, inputs):
         """The layer's output as the target runtime computes it (see ``kerasq.runtimes``)."""
         op_quantizer, op_state = self._op_output()
         if self._exact_accumulator():
-            return self._rounded_output(self._integer_call(inputs))
+            return self._rounded_output(self._integer_call(inputs), exact=True)
         z = self._quantized_call(inputs, False)
-        return self._rounded_output(self._requantize(z, inputs, op_quantizer.grid(op_state)))
+        return self._rounded_output(self._requantize(z, inputs, op_quantizer.grid(op_state)), exact=True)
 
     def _op_output(self) -> tuple[ActivationQuantizer, dict]:
         """The quantizer (and state) of the op's own output: pre-activation, else the output quantizer."""
@@ -404,7 +440,7 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
         if self.channel_scale is not None:  # stored codes carry the sign of f (weight_grid)
             codes = codes * tf.sign(self.channel_scale)
         weight_scales = self._channel_scales(scale)
-        storage = storage_of(self.weight_quantizer.grid_bits, target)
+        storage = storage_of(self.weight_quantizer.grid_bits, target, self.rule.op)
         widening = _storage_widening_tf(codes, storage)
         x_codes = tf.cast(tf.round(ops.exact_divide(inputs, grid_in.scale)), tf.float64)
         acc = _accumulate(self.layer, self.rule.op, x_codes, tf.cast(codes * widening, tf.float64))
@@ -417,23 +453,33 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
         return level * grid_out.scale
 
     def _requantize(self, z, inputs, grid: ops.Grid):
-        """``z`` of a weightless op moved onto the level the runtime's integer kernel computes (ADD, MEAN)."""
+        """``z`` of a weightless op moved onto the level the runtime's integer kernel computes (ADD, SUB, MUL, MEAN)."""
         target = self._links.target
         if any(getattr(q, "binary", False) for q in (self.activation_quantizer, self.pre_activation_quantizer)):
             return z  # the exporter turns a sign decision into an exact test
-        if isinstance(self.layer, keras.layers.Add):
+        if isinstance(self.layer, (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply)):
             grids = [source.output_grid() for source in self._links.inputs]
-            exact = runtimes.add(target, inputs[0], inputs[1], grids[0], grids[1], grid) * grid.scale
-        elif isinstance(self.layer, keras.layers.GlobalAveragePooling2D):
+            if isinstance(self.layer, keras.layers.Multiply):
+                level = runtimes.mul(target, inputs[0], inputs[1], grids[0], grids[1], grid)
+            else:  # SUB is ADD of the negated second input, in both runtimes' arithmetic
+                sign = 1.0 if isinstance(self.layer, keras.layers.Add) else -1.0
+                level = runtimes.add(target, inputs[0], sign * inputs[1], grids[0], grids[1], grid)
+            exact = level * grid.scale
+        elif isinstance(self.layer, ScalarArithmetic):
+            constant, constant_grid = self.layer.quantized_constant()
+            binary = runtimes.add if self.layer.op == "add" else runtimes.mul
+            exact = binary(target, inputs, constant, self._input_grid(), constant_grid, grid) * grid.scale
+        elif isinstance(self.layer, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalAveragePooling1D)):
             keepdims = bool(getattr(self.layer, "keepdims", False))
-            exact = runtimes.mean(target, inputs, self._input_grid(), grid, (1, 2), keepdims) * grid.scale
+            axes = (1, 2) if isinstance(self.layer, keras.layers.GlobalAveragePooling2D) else (1,)
+            exact = runtimes.mean(target, inputs, self._input_grid(), grid, axes, keepdims) * grid.scale
         else:
             return z
         return z + tf.stop_gradient(exact - z)
 
     def requantization_modes(self) -> np.ndarray:
         """Per output channel, how the target runtime rounds this weight op (``kerasq.runtimes``)."""
-        storage = storage_of(self.weight_quantizer.grid_bits, self._links.target)
+        storage = storage_of(self.weight_quantizer.grid_bits, self._links.target, self.rule.op)
         kernel_shape = [int(d) for d in self.kernel.shape]
         channels = int(np.prod(self._channel_shape()))
         input_depth = kernel_shape[-2] if len(kernel_shape) >= 2 else 1
@@ -593,6 +639,14 @@ def _accumulate(layer: keras.layers.Layer, op: str, x: tf.Tensor, kernel: tf.Ten
     """The op's integer accumulator (no bias) on codes, in the dtype of ``x`` and ``kernel`` (float64)."""
     if op == "FULLY_CONNECTED":  # over the last axis of any rank, as FULLY_CONNECTED with keep_num_dims
         return tf.tensordot(x, kernel, [[x.shape.rank - 1], [0]])
+    if isinstance(layer, TransposedConv2D):
+        return layer.transposed(x, kernel)
+    if isinstance(layer, keras.layers.Conv1D):
+        padding = layer.padding.upper()
+        if padding == "CAUSAL":  # zeros (code 0 of the zero-centred codes) before the first step
+            x = tf.pad(x, [[0, 0], [layer.dilation_rate[0] * (layer.kernel_size[0] - 1), 0], [0, 0]])
+            padding = "VALID"
+        return tf.nn.conv1d(x, kernel, layer.strides[0], padding, dilations=layer.dilation_rate[0])
     padding = layer.padding.upper()
     dilations = list(layer.dilation_rate)
     if op == "DEPTHWISE_CONV_2D":
@@ -697,11 +751,13 @@ class Requantize(QuantizeInput):
 
 @register("layer")
 class OnInputGrid(keras.layers.Wrapper):
-    """A layer whose output stays on its input's grid although its integer kernel rounds: AveragePooling2D.
+    """A layer whose output stays on its input's grid although its integer kernel rounds.
 
     The mean of a window of codes is rarely a code; TFLite's AVERAGE_POOL_2D rounds it onto the
     input's grid (``kerasq.runtimes.average_pool``), and so does this wrapper, in training
-    (straight-through gradient) and inference alike. Consumers read the input's grid through it.
+    (straight-through gradient) and inference alike; likewise bilinear UpSampling2D
+    (RESIZE_BILINEAR, ``kerasq.runtimes.resize_bilinear``; nearest-neighbour upsampling copies
+    codes). Consumers read the input's grid through it.
     """
 
     reads_float = False
@@ -728,9 +784,16 @@ class OnInputGrid(keras.layers.Wrapper):
             return y
         layer = self.layer
 
+        if isinstance(layer, keras.layers.UpSampling2D) and layer.interpolation == "nearest":
+            return y  # copies codes
+
         def rounded():
             grid = self.output_grid()
-            level = runtimes.average_pool(inputs, grid, layer.pool_size, layer.strides, layer.padding)
+            if isinstance(layer, keras.layers.UpSampling2D):
+                size = (int(y.shape[1]), int(y.shape[2]))
+                level = runtimes.resize_bilinear(self._links.target, inputs, grid, size)
+            else:
+                level = runtimes.average_pool(inputs, grid, layer.pool_size, layer.strides, layer.padding)
             return y + tf.stop_gradient(level * grid.scale - y)
 
         return _round_unless_unobserved(self.output_observed(), rounded, lambda: y)

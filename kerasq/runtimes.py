@@ -23,13 +23,26 @@ CONV_2D INT4        two roundings, both ties up      (same as above)
 DEPTHWISE INT4      ties up; last C mod 8 channels   (same as above)
                     round the second time away
 FC INT4, odd depth  two roundings, both ties up      one rounding (REF FC is not fixed point)
-ADD                 21-bit multipliers, one          three gemmlowp roundings
-                    rounding, ties up
+TRANSPOSE_CONV      two roundings, ties away (XNNPACK (same)
+                    does not take a batch-sized
+                    output shape)
+ADD (SUB: ADD of    21-bit multipliers, one          three gemmlowp roundings
+the negated input)  rounding, ties up
 MEAN (axes 1, 2)    float32 sum·scale, ties to even  integer multiplier, two roundings
+MUL                 float32 product·scale, ties to   MultiplyByQuantizedMultiplier of the
+                    even (reference if the scale is  product (two roundings)
+                    outside [2^-16, 2^8))
+LEAKY_RELU          8-bit multipliers per sign,      MultiplyByQuantizedMultiplier per sign
+                    ties up (reference if a ratio
+                    is outside [2^-8, 2^7])
+LOGISTIC, TANH,     the float function of the input  (same: gemmlowp's fixed point agrees;
+ELU, GELU           value rounded to the output      BUILTIN_REF has no ELU kernel)
+                    grid (a table of 256 codes)
+RESIZE_BILINEAR     11-bit weights, ties up          10-bit weights, ties away from zero
 ==================  ===============================  =========================================
 
 In inference the quantized layers compute a weight op's integer accumulator exactly (a float64
-convolution of the codes) and round it with ``requantize_accumulator``; ADD, MEAN and QUANTIZE
+convolution of the codes) and round it with ``requantize_accumulator``; ADD, MUL, MEAN and QUANTIZE
 read the codes the Keras model holds. All are reproduced bit for bit. Training steps use float32
 and plain fake quantization, which differs from these only at rounding ties.
 
@@ -98,12 +111,17 @@ def weight_op_rounding(target: Target, op: str, storage: str, channels: int, inp
     """Per-output-channel requantization mode (``SINGLE``/``DOUBLE_HALF_UP``/``DOUBLE_HALF_AWAY``).
 
     Args:
-      op: ``"CONV_2D"``, ``"DEPTHWISE_CONV_2D"`` or ``"FULLY_CONNECTED"``.
+      op: ``"CONV_2D"``, ``"DEPTHWISE_CONV_2D"``, ``"FULLY_CONNECTED"`` or ``"TRANSPOSE_CONV"``.
       storage: ``"int8"`` or ``"int4"`` (the weight tensor type written).
       channels: output channels; input_depth: input channels (FULLY_CONNECTED's INT4 rule).
     Returns: int array ``[channels]``.
     """
     modes = np.full(channels, SINGLE, np.int32)
+    if op == "TRANSPOSE_CONV":
+        # Its output shape follows the batch (SHAPE → STRIDED_SLICE → CONCATENATION), which XNNPACK
+        # does not take: every runtime runs TFLite's kernel, MultiplyByQuantizedMultiplier per channel.
+        modes[:] = DOUBLE_HALF_AWAY
+        return modes
     if target.runtime == "reference":
         # reference_integer_ops: MultiplyByQuantizedMultiplier; FULLY_CONNECTED rounds double(acc)·M once.
         modes[:] = SINGLE_DOUBLE if op == "FULLY_CONNECTED" else DOUBLE_HALF_AWAY
@@ -269,6 +287,63 @@ def add(target: Target, x_a, x_b, grid_a, grid_b, grid_out) -> tf.Tensor:
     return tf.cast(tf.where(delegated, xnnpack, reference), tf.float32)
 
 
+# --- MUL --------------------------------------------------------------------------------------
+def mul(target: Target, x_a, x_b, grid_a, grid_b, grid_out) -> tf.Tensor:
+    """``x_a · x_b`` (broadcasting) as the runtime's int8 MUL computes it, as ``out_code - z_o`` before clamping.
+
+    Both runtimes multiply the zero-centred codes exactly, ``p = (q_a - z_a)·(q_b - z_b)``, then:
+    XNNPACK (qs8-vmul, fp32 requantization) ``rne(f32(p)·f32(f32(s_a·s_b)/s_o))``, taken when that
+    scale lies in ``[2^-16, 2^8)``; the reference kernel (reference_integer_ops ``Mul``)
+    ``MultiplyByQuantizedMultiplier(p, s_a·s_b/s_o in double)``. Checked on every pair of codes
+    against ai-edge-litert 2.3.0 for 30 random grids. ``x_a``, ``x_b``: values on their grids.
+    Returns float32 of the broadcast shape.
+    """
+    a = _codes(x_a, grid_a.scale, 0.0)
+    b = _codes(x_b, grid_b.scale, 0.0)
+    product = a * b
+    m0, shift = quantize_multiplier(
+        tf.cast(grid_a.scale, tf.float64) * tf.cast(grid_b.scale, tf.float64) / tf.cast(grid_out.scale, tf.float64)
+    )
+    reference = _mbqm(product, m0, shift)
+    if target.runtime == "reference":
+        return tf.cast(reference, tf.float32)
+    scale = exact_divide(grid_a.scale * grid_b.scale, grid_out.scale)
+    xnnpack = tf.round(tf.cast(product, tf.float32) * scale)
+    delegated = (scale >= 2.0**-16) & (scale < 2.0**8)
+    return tf.where(delegated, xnnpack, tf.cast(reference, tf.float32))
+
+
+def leaky_relu(target: Target, x: tf.Tensor, grid_in, grid_out, alpha: float) -> tf.Tensor:
+    """The runtime's int8 LEAKY_RELU of ``x`` (on ``grid_in``) onto ``grid_out``, as ``out_code - z_o`` before clamping.
+
+    With ``d = q - z_i`` and the ratio ``r = s_i/s_o`` (times ``alpha`` where ``d < 0``): XNNPACK
+    (qs8-vlrelu) ``(d·lrintf(256·f32 r) + 128) >> 8`` (ties up), taken when both ratios lie in
+    ``[2^-8, 2^7]``; the reference ``MultiplyByQuantizedMultiplier(d, r in double)``. Checked on
+    every code against ai-edge-litert 2.3.0 for 30 random grids and slopes.
+    """
+    d = _codes(x, grid_in.scale, 0.0)
+    ratio64 = tf.cast(grid_in.scale, tf.float64) / tf.cast(grid_out.scale, tf.float64)
+    slope = tf.constant(float(np.float32(alpha)), tf.float64)
+    m_pos, s_pos = quantize_multiplier(ratio64)
+    m_neg, s_neg = quantize_multiplier(ratio64 * slope)
+    reference = tf.where(d >= 0, _mbqm(d, m_pos, s_pos), _mbqm(d, m_neg, s_neg))
+    if target.runtime == "reference":
+        return tf.cast(reference, tf.float32)
+    ratio = exact_divide(grid_in.scale, grid_out.scale)
+    negative_ratio = ratio * tf.constant(np.float32(alpha))
+    multiplier = tf.cast(tf.round(256.0 * tf.where(d >= 0, ratio, negative_ratio)), tf.int64)
+    xnnpack = tf.bitwise.right_shift(d * multiplier + 128, tf.constant(8, tf.int64))
+    in_range = lambda r: (r >= 2.0**-8) & (r <= 2.0**7)  # noqa: E731
+    delegated = in_range(ratio) & in_range(negative_ratio)
+    return tf.cast(tf.where(delegated, xnnpack, reference), tf.float32)
+
+
+def mul_delegated(scale_a: float, scale_b: float, scale_out: float) -> bool:
+    """Whether LiteRT's default interpreter runs an int8 MUL with these scales in XNNPACK."""
+    scale = np.float32(np.float32(np.float32(scale_a) * np.float32(scale_b)) / np.float32(scale_out))
+    return bool(2.0**-16 <= scale < 2.0**8)
+
+
 # --- MEAN over the spatial axes ---------------------------------------------------------------
 def mean(target: Target, x: tf.Tensor, grid_in, grid_out, axes: tuple[int, ...] = (1, 2), keepdims: bool = False) -> tf.Tensor:
     """The runtime's int8 MEAN of ``x`` (values on ``grid_in``) over ``axes``, as ``out_code - z_o``.
@@ -316,6 +391,62 @@ def average_pool(x: tf.Tensor, grid, pool_size, strides, padding: str) -> tf.Ten
     half = tf.math.floor(count / 2.0)
     level = tf.sign(total) * tf.math.floordiv(tf.abs(total) + half, count)
     return tf.cast(level - tf.cast(grid.zero_point, tf.float64), tf.float32)
+
+
+# --- RESIZE_BILINEAR (half-pixel centres, as Keras' UpSampling2D and tf.image.resize) --------
+def _xnnpack_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """XNNPACK's resize indirection: the two input rows (columns) of each output one, 11-bit weight of the second."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    position = ((np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)).astype(np.float32)
+    first = np.floor(position).astype(np.int64)
+    alpha = np.round((position - first.astype(np.float32)).astype(np.float32) * np.float32(2048.0)).astype(np.int64)
+    return np.clip(first, 0, in_size - 1), np.clip(first + 1, 0, in_size - 1), alpha
+
+
+def _reference_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TFLite's ``ComputeInterpolationValuesInteger``: rows (columns) and 10-bit weight of the second, may be < 0."""
+    scale = ((1 << 10) * in_size + out_size // 2) // out_size
+    position = np.arange(out_size, dtype=np.int64) * scale + scale // 2 - (1 << 9)  # > -512: C and floor division agree
+    first = np.maximum(position // (1 << 10), 0)
+    second = np.minimum((position + (1 << 10) - 1) // (1 << 10), in_size - 1)
+    return first, second, position - (1 << 10) * first
+
+
+def resize_bilinear(target: Target, x: tf.Tensor, grid, size: tuple[int, int]) -> tf.Tensor:
+    """The runtime's int8 RESIZE_BILINEAR (half-pixel centres) of ``x`` (on ``grid``, kept), as ``out_code - z``.
+
+    Both interpolate the raw codes ``q`` in fixed point. XNNPACK (qs8-ibilinear): 11-bit weights
+    ``a = lrintf(2048·frac)`` from float32 source positions ``(o + 0.5)·(n/m) - 0.5``, rows then
+    columns, ``(acc + 2^21) >> 22`` (ties up). Reference (``ResizeBilinearInteger``): 10-bit
+    positions from an integer scale, four products summed, divided by ``2^20`` with ties away
+    from zero. Checked on every output of five resizes against ai-edge-litert 2.3.0.
+    ``x``: float32 ``[batch, h, w, c]``; ``size``: output ``(height, width)``. Returns float32.
+    """
+    q = _codes(x, grid.scale, grid.zero_point)
+    (height, width), (out_h, out_w) = (int(x.shape[1]), int(x.shape[2])), size
+    if target.runtime == "xnnpack":
+        top, bottom, alpha_v = _xnnpack_taps(out_h, height)
+        left, right, alpha_h = _xnnpack_taps(out_w, width)
+        rows = [tf.gather(q, index, axis=1) for index in (top, bottom)]
+        v_top, v_bottom = (
+            tf.bitwise.left_shift(tf.gather(r, left, axis=2), 11)
+            + (tf.gather(r, right, axis=2) - tf.gather(r, left, axis=2)) * alpha_h[None, None, :, None]
+            for r in rows
+        )
+        acc = tf.bitwise.left_shift(v_top, 11) + (v_bottom - v_top) * alpha_v[None, :, None, None]
+        code = tf.bitwise.right_shift(acc + (1 << 21), 22)
+    else:
+        top, bottom, wy = _reference_taps(out_h, height)
+        left, right, wx = _reference_taps(out_w, width)
+        wy, wx = wy[None, :, None, None], wx[None, None, :, None]
+        corner = lambda rows, cols: tf.gather(tf.gather(q, rows, axis=1), cols, axis=2)  # noqa: E731
+        total = (
+            corner(top, left) * (1024 - wy) * (1024 - wx) + corner(bottom, left) * wy * (1024 - wx)
+            + corner(top, right) * (1024 - wy) * wx + corner(bottom, right) * wy * wx
+        )
+        half = tf.where(total > 0, tf.constant(1 << 19, tf.int64), tf.constant(-(1 << 19), tf.int64))
+        code = tf.truncatediv(total + half, tf.constant(1 << 20, tf.int64))
+    return tf.cast(code - tf.cast(grid.zero_point, tf.int64), tf.float32)
 
 
 # --- QUANTIZE (int8 → int8) -------------------------------------------------------------------

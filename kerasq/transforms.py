@@ -59,7 +59,7 @@ def _check_layers(graph: LayerGraph, keep_float: set[str]) -> None:
                 _activation_of(node.layer)
             except ValueError as error:
                 reason = str(error)
-        if reason is None and isinstance(node.layer, (keras.layers.Activation, keras.layers.ReLU, keras.layers.Softmax)):
+        if reason is None and _role(node.layer) == "activation":
             try:
                 ActivationSpec.from_keras(node.layer)
             except ValueError as error:
@@ -272,7 +272,9 @@ def _wrap(node: Node, scheme: Scheme, spec: ActivationSpec, channel_scale: bool)
     if spec.fusable:
         pre, post = None, scheme.activation_quantizer(layer, spec)
     else:
-        pre, post = scheme.activation_quantizer(layer, ActivationSpec()), spec.output_quantizer()
+        # softmax/sigmoid/tanh end on their op's fixed grid; swish on a grid of the scheme's.
+        pre = scheme.activation_quantizer(layer, ActivationSpec())
+        post = spec.output_quantizer() or scheme.activation_quantizer(layer, spec)
     rule = rule_for(layer)
     weight_quantizers = {weight.attribute: scheme.weight_quantizer(layer, weight) for weight in rule.weights}
     return QuantizedLayer(layer, weight_quantizers, spec, post, pre, channel_scale=channel_scale)

@@ -31,9 +31,18 @@ ARCHITECTURES = {
     "MobileNetV3Large_minimalistic": lambda: apps.MobileNetV3Large(
         (32, 32, 3), minimalistic=True, weights=None, classes=10
     ),
+    # hard-swish and hard-sigmoid as Keras writes them (x + 3, ReLU6, * 1/6, Multiply), squeeze-excite
+    "MobileNetV3Small": lambda: apps.MobileNetV3Small((32, 32, 3), weights=None, classes=10),
+    "MobileNetV3Large": lambda: apps.MobileNetV3Large((32, 32, 3), weights=None, classes=10),
+    # swish, sigmoid gates, broadcast Multiply, Rescaling + Normalization preprocessing
+    "EfficientNetB0": lambda: apps.EfficientNetB0(weights=None, input_shape=(32, 32, 3), classes=10),
+    "EfficientNetV2B0": lambda: apps.EfficientNetV2B0(weights=None, input_shape=(32, 32, 3), classes=10),
 }
 # Minutes each on 2 cores; the small ones run by default, the large ones with -m slow.
-LARGE = {"ResNet50", "ResNet50V2", "DenseNet121", "NASNetMobile", "MobileNetV3Large_minimalistic"}
+LARGE = {
+    "ResNet50", "ResNet50V2", "DenseNet121", "NASNetMobile", "MobileNetV3Large_minimalistic", "MobileNetV3Large",
+    "EfficientNetB0", "EfficientNetV2B0",
+}
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +73,16 @@ def assert_same_codes(qmodel, blob, x, output_layer: str, runtime: str) -> None:
     assert np.array_equal(codes, file_codes.astype(np.float64)), np.abs(codes - file_codes).max()
 
 
+def as_the_model_expects(name, data):
+    """MobileNetV3 and EfficientNet rescale their input themselves: they take pixels in [0, 255]."""
+    if not name.startswith(("MobileNetV3", "EfficientNet")):
+        return data
+    return tuple((x * 255.0, y) for x, y in data)
+
+
 def assert_architecture_exports_exactly(name, data, scheme="int8"):
     keras.utils.set_random_seed(0)
+    data = as_the_model_expects(name, data)
     qmodel, blob = quantize_train_export(ARCHITECTURES[name](), data, scheme)
     report = tflite_export.inspect(blob)
     assert report.is_integer_only, report
@@ -80,7 +97,7 @@ def test_mobile_architectures_quantize_train_and_export_exactly(name, fashion_rg
     assert_architecture_exports_exactly(name, fashion_rgb)
 
 
-MOBILE = ["MobileNet", "MobileNetV2", "MobileNetV3Small_minimalistic"]
+MOBILE = ["MobileNet", "MobileNetV2", "MobileNetV3Small_minimalistic", "MobileNetV3Small"]
 LOW_BIT_DEFAULT = {("MobileNet", "pact"), ("MobileNetV2", "twn")}  # the rest run with -m slow
 
 
@@ -112,6 +129,18 @@ def test_post_training_quantization_of_a_stock_architecture(fashion_rgb):
     assert tflite_export.convert(qmodel) == blob
     parity = tflite_export.compare(qmodel, blob, x_test)
     assert parity.max_abs_lsb == 0, parity
+
+
+def test_mobilenet_v3_small_matches_the_reference_kernels_code_for_code(fashion_rgb):
+    """Hard-swish, squeeze-excite MUL and ADD with constants under ``target="reference"`` (BUILTIN_REF)."""
+    (x_train, y_train), (x_test, _) = as_the_model_expects("MobileNetV3Small", fashion_rgb)
+    keras.utils.set_random_seed(0)
+    model = ARCHITECTURES["MobileNetV3Small"]()
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy())
+    model.fit(x_train, y_train, batch_size=64, epochs=1, verbose=0)
+    qmodel = kerasq.quantize_model(model, target="reference", calibration_data=x_train[:256])
+    blob = tflite_export.convert(qmodel)
+    assert_same_codes(qmodel, blob, x_test[:64], "Logits", "reference")  # softmax fused through Flatten
 
 
 @pytest.mark.slow

@@ -13,28 +13,37 @@ from kerasq.layer_table import LAYER_TABLE, rule_for
 from tflite_export.lower import LOWERINGS
 
 
+class ScaledConv2D(keras.layers.Conv2D):
+    """A user's Conv2D subclass whose call differs from Conv2D's."""
+
+    def call(self, inputs):
+        return 2.0 * super().call(inputs)
+
+
 def test_a_subclass_never_passes_for_its_parent():
+    # Conv2DTranspose is a Conv2D too, with its own entry (it runs as TRANSPOSE_CONV, not CONV_2D).
     assert issubclass(keras.layers.Conv2DTranspose, keras.layers.Conv2D)
-    assert rule_for(keras.layers.Conv2DTranspose(4, 3)) is None
-    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2DTranspose(5, 3, strides=2, padding="same", name="up")])
-    with pytest.raises(ValueError, match="'up' \\(Conv2DTranspose\\): Conv2DTranspose is not a supported layer type"):
+    assert rule_for(keras.layers.Conv2DTranspose(4, 3)).role == "split"
+    assert rule_for(ScaledConv2D(4, 3)) is None
+    model = keras.Sequential([keras.Input((4, 4, 3)), ScaledConv2D(5, 3, name="scaled")])
+    with pytest.raises(ValueError, match="'scaled' \\(ScaledConv2D\\): ScaledConv2D is not a supported layer type"):
         kerasq.quantize_model(model)
 
 
 def test_every_unsupported_layer_is_reported_at_once_before_any_work():
     inputs = keras.Input((8, 8, 3))
-    x = keras.layers.Conv2DTranspose(4, 3, padding="same", name="deconv")(inputs)
+    x = keras.layers.Conv2DTranspose(4, 3, strides=2, padding="same", output_padding=1, name="deconv")(inputs)
     x = keras.layers.Lambda(lambda t: t * 2.0, name="doubler")(x)
-    x = keras.layers.Conv2D(4, 3, activation="swish", name="swish_conv")(x)
+    x = keras.layers.Conv2D(4, 3, activation="selu", name="selu_conv")(x)
     x = keras.layers.LayerNormalization(name="norm")(x)
     x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(3, activation="gelu", name="gelu_head")(x)
+    x = keras.layers.Dense(3, activation="softplus", name="softplus_head")(x)
     with pytest.raises(ValueError) as error:
         kerasq.quantize_model(keras.Model(inputs, x))
     message = str(error.value)
     assert "cannot quantize 5 layer(s)" in message
-    for name in ("'deconv' (Conv2DTranspose)", "'doubler' (Lambda)", "'swish_conv' (Conv2D): activation 'swish'",
-                 "'norm' (LayerNormalization)", "'gelu_head' (Dense): activation 'gelu'"):
+    for name in ("'deconv' (Conv2DTranspose): output_padding", "'doubler' (Lambda)", "'selu_conv' (Conv2D): activation 'selu'",
+                 "'norm' (LayerNormalization)", "'softplus_head' (Dense): activation 'softplus'"):
         assert name in message
 
 

@@ -26,18 +26,23 @@ from typing import Callable
 import numpy as np
 
 from kerasq.activations import ActivationSpec
+from kerasq.arithmetic import ScalarArithmetic
 from kerasq.compat import keras
 from kerasq.graph import LayerGraph, Node
 from kerasq.layer_table import rule_for
 from kerasq.layers import OnInputGrid, QuantizedLayer, QuantizeInput, Requantize, STORAGE_LIMITS, storage_of, storage_widening
 from kerasq.ops import AffineParams, widened
-from kerasq.runtimes import Target
+from kerasq.runtimes import Target, mul_delegated
+from kerasq.transposed_conv import TransposedConv2D
 from tflite_export.ir import Graph, Quantization
 
 __all__ = ["ExportError", "LOWERINGS", "Lowering", "lower", "lowers"]
 
 _FUSED = {"linear": "NONE", "relu": "RELU"}
-_ACTIVATION_OPS = {"softmax": "SOFTMAX", "sigmoid": "LOGISTIC", "tanh": "TANH"}
+_ACTIVATION_OPS = {
+    "softmax": "SOFTMAX", "sigmoid": "LOGISTIC", "tanh": "TANH", "leaky_relu": "LEAKY_RELU", "elu": "ELU", "gelu": "GELU",
+}
+_ACTIVATION_OPTIONS = {"softmax": {"beta": 1.0}, "gelu": {"approximate": False}}
 
 
 class ExportError(ValueError):
@@ -200,10 +205,19 @@ class Lowering:
             result = _sign_activation(self.ir, wrapper, out, shape, threshold)
             self.produced[wrapper.name] = self.model_outputs[wrapper.name] = (result, wrapper.activation_params())
             return
-        if not spec.fusable:
+        if spec.kind == "swish":  # LOGISTIC onto its fixed grid, then MUL by the op output
+            gate_params = spec.gate_quantizer().affine_params({})
+            gate = self.ir.activation(f"{wrapper.name}/sigmoid", shape, gate_params)
+            self.ir.add_operator("LOGISTIC", [out], [gate])
+            act_params = wrapper.activation_params()
+            out = _binary(
+                self, wrapper, "MUL", [out, gate], [op_params, gate_params], shape, act_params, "NONE", f"{wrapper.name}/swish"
+            )
+            op_params = act_params
+        elif not spec.fusable:
             act_params = wrapper.activation_params()
             act_out = self.ir.activation(f"{wrapper.name}/{spec.kind}", shape, act_params)
-            options = {"beta": 1.0} if spec.kind == "softmax" else {}
+            options = {"alpha": spec.alpha} if spec.alpha is not None else _ACTIVATION_OPTIONS.get(spec.kind, {})
             self.ir.add_operator(_ACTIVATION_OPS[spec.kind], [out], [act_out], **options)
             out, op_params = act_out, act_params
         self.finish(wrapper.name, out, op_params, shape)
@@ -224,11 +238,27 @@ def lower(model: keras.Model, *, input_type: str = "int8", output_type: str = "i
 
 
 # --- weight ops -------------------------------------------------------------------------------
-@lowers(keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+@lowers(keras.layers.Conv2D, keras.layers.Conv1D, keras.layers.DepthwiseConv2D, keras.layers.Dense, TransposedConv2D)
 def _weight_op(ctx: Lowering, wrapper: QuantizedLayer, sources, shape, out_params, fused, sign) -> int:
-    """CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED with per-channel weight scales and an int32 bias."""
+    """CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED / TRANSPOSE_CONV with per-channel weight scales, int32 bias.
+
+    A Conv1D runs as CONV_2D on ``[batch, 1, steps, channels]``: RESHAPE in, (PAD for causal
+    padding,) CONV_2D, RESHAPE out, all on the grids the layer uses.
+    """
     inner = wrapper.layer
     x_index, x_params = sources[0]
+    conv1d = isinstance(inner, keras.layers.Conv1D)
+    if conv1d:
+        x_index = _reshaped(ctx, f"{wrapper.name}/as_image", x_index, x_params, [1, *ctx.ir.tensors[x_index].shape[1:]])
+        if inner.padding == "causal":
+            steps = inner.dilation_rate[0] * (inner.kernel_size[0] - 1)
+            paddings = ctx.ir.constant(f"{wrapper.name}/causal_paddings", np.array([[0, 0], [0, 0], [steps, 0], [0, 0]], np.int32), "int32")
+            padded_shape = list(ctx.ir.tensors[x_index].shape[1:])
+            padded_shape[1] += steps
+            padded = ctx.ir.activation(f"{wrapper.name}/causal_padded", padded_shape, x_params)
+            ctx.ir.add_operator("PAD", [x_index, paddings], [padded])
+            x_index = padded
+        final_shape, shape = shape, [1, *shape]
     grid = wrapper.weight_grid()
     # Equal up to float32 rounding: a channel scale f makes the forward pass compute
     # (codes·s)·f while the file stores codes·(s·f), at most a few ulp apart.
@@ -237,7 +267,8 @@ def _weight_op(ctx: Lowering, wrapper: QuantizedLayer, sources, shape, out_param
             f"Layer {wrapper.name!r}: {type(wrapper.weight_quantizer).__name__}.integer_grid does not reproduce "
             "the kernel the forward pass uses; the quantizer breaks kerasq's export contract."
         )
-    storage = storage_of(grid.bits, ctx.target)
+    op = rule_for(inner).op
+    storage = storage_of(grid.bits, ctx.target, op)
     limit = STORAGE_LIMITS[storage]
     peak = int(np.abs(grid.codes).max()) if grid.codes.size else 0
     if peak > limit:
@@ -248,11 +279,12 @@ def _weight_op(ctx: Lowering, wrapper: QuantizedLayer, sources, shape, out_param
         )
     k = storage_widening(peak, storage)
     codes = grid.codes * k
-    op = rule_for(inner).op
     if op == "DEPTHWISE_CONV_2D":  # Keras [h, w, in, m] -> TFLite [1, h, w, in*m], channel axis 3
         h, w, cin, mult = codes.shape
         tfl_codes, axis, channels = codes.reshape(1, h, w, cin * mult), 3, cin * mult
-    elif op == "CONV_2D":  # [h, w, in, out] -> [out, h, w, in]
+    elif conv1d:  # [k, in, out] -> [out, 1, k, in]
+        tfl_codes, axis, channels = np.transpose(codes, (2, 0, 1))[:, None], 0, codes.shape[-1]
+    elif op in ("CONV_2D", "TRANSPOSE_CONV"):  # [h, w, in, out] -> [out, h, w, in]
         tfl_codes, axis, channels = np.transpose(codes, (3, 0, 1, 2)), 0, codes.shape[-1]
     else:  # Dense [in, out] -> [out, in]
         tfl_codes, axis, channels = codes.T, 0, codes.shape[-1]
@@ -283,23 +315,62 @@ def _weight_op(ctx: Lowering, wrapper: QuantizedLayer, sources, shape, out_param
             op, [x_index, w_index, b_index], [out], fused_activation_function=fused, keep_num_dims=len(shape) > 1
         )
         return out
+    strides, dilations = inner.strides, getattr(inner, "dilation_rate", (1, 1))
+    if conv1d:
+        strides, dilations = (1, *strides), (1, *dilations)
     options = dict(
-        padding=inner.padding.upper(),
-        stride_h=int(inner.strides[0]),
-        stride_w=int(inner.strides[1]),
-        dilation_h_factor=int(inner.dilation_rate[0]),
-        dilation_w_factor=int(inner.dilation_rate[1]),
+        padding="VALID" if inner.padding == "causal" else inner.padding.upper(),
+        stride_h=int(strides[0]),
+        stride_w=int(strides[1]),
+        dilation_h_factor=int(dilations[0]),
+        dilation_w_factor=int(dilations[1]),
         fused_activation_function=fused,
     )
     if op == "DEPTHWISE_CONV_2D":
         options["depth_multiplier"] = int(inner.depth_multiplier)
+    if op == "TRANSPOSE_CONV":
+        del options["dilation_h_factor"], options["dilation_w_factor"]
+        ctx.ir.add_operator(op, [_batch_sized_shape(ctx, wrapper.name, x_index, shape), w_index, x_index, b_index], [out], **options)
+        return out
     ctx.ir.add_operator(op, [x_index, w_index, b_index], [out], **options)
+    if conv1d:
+        ctx.ir.tensors[out].name = f"{wrapper.name}/conv_2d"
+        return _reshaped(ctx, wrapper.name, out, out_params, final_shape)
+    return out
+
+
+def _batch_sized_shape(ctx: Lowering, name: str, x_index: int, shape: list[int]) -> int:
+    """An int32 ``[batch, *shape]`` tensor with the batch of tensor ``x_index`` (TRANSPOSE_CONV's output shape).
+
+    SHAPE → STRIDED_SLICE (the batch) → CONCATENATION with the constant ``shape``: a constant
+    output shape would fix the batch at 1, which LiteRT's kernel then refuses for larger batches.
+    """
+    def vector(suffix: str, length: int) -> int:
+        index = ctx.ir.plain(f"{name}/{suffix}", [], "int32")
+        ctx.ir.tensors[index].shape, ctx.ir.tensors[index].dynamic_batch = (length,), False
+        return index
+
+    rank = len(ctx.ir.tensors[x_index].shape)
+    input_shape, batch, output_shape = vector("input_shape", rank), vector("batch", 1), vector("output_shape", 1 + len(shape))
+    ctx.ir.add_operator("SHAPE", [x_index], [input_shape], out_type=2)  # INT32
+    begin, end, strides = (ctx.ir.constant(f"{name}/batch_{n}", np.array([v], np.int32), "int32") for n, v in (("begin", 0), ("end", 1), ("stride", 1)))
+    ctx.ir.add_operator("STRIDED_SLICE", [input_shape, begin, end, strides], [batch])
+    sizes = ctx.ir.constant(f"{name}/output_size", np.array(shape, np.int32), "int32")
+    ctx.ir.add_operator("CONCATENATION", [batch, sizes], [output_shape], axis=0, fused_activation_function="NONE")
+    return output_shape
+
+
+def _reshaped(ctx: Lowering, name: str, index: int, params: AffineParams, shape: list[int]) -> int:
+    """RESHAPE of tensor ``index`` (its grid kept) to ``[batch, *shape]``; returns the new tensor."""
+    new_shape = ctx.ir.constant(f"{name}/shape", np.array([-1, *shape], np.int32), "int32")
+    out = ctx.ir.activation(name, shape, params)
+    ctx.ir.add_operator("RESHAPE", [index, new_shape], [out], new_shape=[-1, *shape])
     return out
 
 
 def _check_xnnpack_scale(ctx, wrapper, op, storage, x_params, scales, out_params, sign, input_depth) -> None:
     """LiteRT's default interpreter fails to prepare an XNNPACK node whose requantization scale is >= 256."""
-    delegated = storage == "int8" or (op == "FULLY_CONNECTED" and input_depth % 2 == 0)
+    delegated = op != "TRANSPOSE_CONV" and (storage == "int8" or (op == "FULLY_CONNECTED" and input_depth % 2 == 0))
     if sign is not None or not delegated:
         return
     requant = (np.float32(x_params.scale) * scales).astype(np.float32) / np.float32(out_params.scale)
@@ -359,18 +430,52 @@ def _sign_activation(ir: Graph, wrapper: QuantizedLayer, x_index: int, shape: li
 
 
 # --- ops with an own output grid ---------------------------------------------------------------
-@lowers(keras.layers.Add)
+@lowers(keras.layers.Add, keras.layers.Subtract)
 def _add(ctx: Lowering, wrapper, sources, shape, out_params, fused, sign) -> int:
-    out = ctx.ir.activation(wrapper.name, shape, out_params)
-    ctx.ir.add_operator("ADD", [s[0] for s in sources], [out], fused_activation_function=fused)
+    op = rule_for(wrapper.layer).op
+    return _binary(ctx, wrapper, op, [s[0] for s in sources], [s[1] for s in sources], shape, out_params, fused)
+
+
+@lowers(keras.layers.Multiply)
+def _mul(ctx: Lowering, wrapper, sources, shape, out_params, fused, sign) -> int:
+    return _binary(ctx, wrapper, "MUL", [s[0] for s in sources], [s[1] for s in sources], shape, out_params, fused)
+
+
+@lowers(ScalarArithmetic)
+def _scalar_arithmetic(ctx: Lowering, wrapper, sources, shape, out_params, fused, sign) -> int:
+    """``x + c`` / ``x · c``: ADD / MUL with the constant as a 0-d int8 tensor (``ScalarArithmetic.constant_params``)."""
+    layer: ScalarArithmetic = wrapper.layer
+    params = layer.constant_params()
+    constant = ctx.ir.constant(
+        f"{wrapper.name}/constant", np.array(layer.constant_code(), np.int8), "int8", Quantization([params.scale], [0])
+    )
+    op = "ADD" if layer.op == "add" else "MUL"
+    return _binary(ctx, wrapper, op, [sources[0][0], constant], [sources[0][1], params], shape, out_params, fused)
+
+
+def _binary(ctx: Lowering, wrapper, op: str, inputs: list[int], grids: list, shape, out_params, fused, name=None) -> int:
+    """An ADD or MUL of two int8 tensors (broadcasting) onto ``out_params`` with a fused activation.
+
+    ``name``: the output tensor's name (the layer's by default).
+    """
+    if op == "MUL" and ctx.target.runtime == "xnnpack" and not mul_delegated(grids[0].scale, grids[1].scale, out_params.scale):
+        ratio = grids[0].scale * grids[1].scale / out_params.scale
+        if ratio >= 2.0**8:
+            raise ExportError(
+                f"Layer {wrapper.name!r}: MUL rescales its product by {ratio:.3g} (>= 256), which XNNPACK refuses and "
+                "LiteRT's fallback kernel overflows on; the output range is nearly empty: train or calibrate the model."
+            )
+    out = ctx.ir.activation(name or wrapper.name, shape, out_params)
+    ctx.ir.add_operator(op, inputs, [out], fused_activation_function=fused)
     return out
 
 
-@lowers(keras.layers.GlobalAveragePooling2D)
+@lowers(keras.layers.GlobalAveragePooling2D, keras.layers.GlobalAveragePooling1D)
 def _mean(ctx: Lowering, wrapper, sources, shape, out_params, fused, sign) -> int:
     if fused != "NONE":
         raise ExportError(f"Layer {wrapper.name!r}: MEAN has no fused activation; a ReLU after a global average pool is not exported.")
-    axes = ctx.ir.constant(f"{wrapper.name}/axes", np.array([1, 2], np.int32), "int32")
+    spatial = [1, 2] if isinstance(wrapper.layer, keras.layers.GlobalAveragePooling2D) else [1]
+    axes = ctx.ir.constant(f"{wrapper.name}/axes", np.array(spatial, np.int32), "int32")
     out = ctx.ir.activation(wrapper.name, shape, out_params)
     ctx.ir.add_operator("MEAN", [sources[0][0], axes], [out], keep_dims=bool(wrapper.layer.keepdims))
     return out
@@ -393,9 +498,8 @@ def _pool(ctx: Lowering, node: Node) -> None:
 
 @lowers(keras.layers.Flatten, keras.layers.Reshape)
 def _reshape(ctx: Lowering, node: Node) -> None:
-    shape = _shape(node.layer)
-    new_shape = ctx.ir.constant(f"{node.name}/shape", np.array([-1, *shape], np.int32), "int32")
-    ctx.same_grid(node, "RESHAPE", [new_shape], new_shape=[-1, *shape])
+    index, params = ctx.source(node.inbound[0], node.layer)
+    ctx.produced[node.name] = (_reshaped(ctx, node.name, index, params, _shape(node.layer)), params)
 
 
 @lowers(keras.layers.ZeroPadding2D)
@@ -416,9 +520,13 @@ def _cropping(ctx: Lowering, node: Node) -> None:
 
 @lowers(keras.layers.UpSampling2D)
 def _upsampling(ctx: Lowering, node: Node) -> None:
+    layer = node.layer.layer if isinstance(node.layer, OnInputGrid) else node.layer
     height, width, _ = _shape(node.layer)
     size = ctx.ir.constant(f"{node.name}/size", np.array([height, width], np.int32), "int32")
-    ctx.same_grid(node, "RESIZE_NEAREST_NEIGHBOR", [size], align_corners=False, half_pixel_centers=False)
+    if layer.interpolation == "bilinear":  # tf.image.resize: half-pixel centres
+        ctx.same_grid(node, "RESIZE_BILINEAR", [size], align_corners=False, half_pixel_centers=True)
+    else:
+        ctx.same_grid(node, "RESIZE_NEAREST_NEIGHBOR", [size], align_corners=False, half_pixel_centers=False)
 
 
 @lowers(keras.layers.ReLU)

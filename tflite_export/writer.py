@@ -25,7 +25,8 @@ VERSIONS = {
     "MEAN": 2, "ADD": 2, "CONCATENATION": 2, "RESHAPE": 1, "SOFTMAX": 2, "LOGISTIC": 2, "TANH": 2,
     "MINIMUM": 2, "MAXIMUM": 2, "QUANTIZE": 2, "DEQUANTIZE": 2, "PAD": 2, "CAST": 1, "GREATER_EQUAL": 2,
     "SELECT_V2": 1, "SLICE": 2, "RELU": 2, "RESIZE_NEAREST_NEIGHBOR": 2,
-    "TRANSPOSE": 2,
+    "TRANSPOSE": 2, "MUL": 2, "SUB": 2, "LEAKY_RELU": 2, "ELU": 1, "GELU": 2, "TRANSPOSE_CONV": 3, "SHAPE": 1,
+    "STRIDED_SLICE": 1, "RESIZE_BILINEAR": 3,
 }
 # The options table of each op that has one (schema.BuiltinOptions member and *OptionsT class).
 OPTIONS = {
@@ -36,6 +37,13 @@ OPTIONS = {
     "AVERAGE_POOL_2D": "Pool2DOptions",
     "MEAN": "ReducerOptions",
     "ADD": "AddOptions",
+    "SUB": "SubOptions",
+    "MUL": "MulOptions",
+    "LEAKY_RELU": "LeakyReluOptions",
+    "GELU": "GeluOptions",
+    "TRANSPOSE_CONV": "TransposeConvOptions",
+    "SHAPE": "ShapeOptions",
+    "STRIDED_SLICE": "StridedSliceOptions",
     "CONCATENATION": "ConcatenationOptions",
     "RESHAPE": "ReshapeOptions",
     "SOFTMAX": "SoftmaxOptions",
@@ -47,6 +55,7 @@ OPTIONS = {
     "GREATER_EQUAL": "GreaterEqualOptions",
     "SELECT_V2": "SelectV2Options",
     "RESIZE_NEAREST_NEIGHBOR": "ResizeNearestNeighborOptions",
+    "RESIZE_BILINEAR": "ResizeBilinearOptions",
 }
 _TENSOR_TYPES = {
     "bool": schema.TensorType.BOOL, "int4": schema.TensorType.INT4, "int8": schema.TensorType.INT8,
