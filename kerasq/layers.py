@@ -21,9 +21,9 @@
   It applies in inference, where weight ops compute their integer accumulator exactly (codes
   in float64); training steps run in float32 with fake quantization and no ``R``.
 - ``P_q`` (pre-activation) exists only for activations TFLite runs as separate ops (softmax,
-  sigmoid, tanh; swish as LOGISTIC and MUL, ``y = z·σ̂(z)`` with the gate ``σ̂`` on LOGISTIC's
-  fixed grid and the MUL rounded as the runtime does; leaky ReLU); for the fusable ones (linear, ReLU, capped ReLU) ``A_q`` alone rounds the
-  output, exactly as a fused int8 kernel does.
+  sigmoid, tanh, leaky ReLU, ELU, GELU; swish as LOGISTIC and MUL, ``y = z·σ̂(z)`` with the gate
+  ``σ̂`` on LOGISTIC's fixed grid and the MUL rounded as the runtime does); for the fusable ones
+  (linear, ReLU, capped ReLU) ``A_q`` alone rounds the output, exactly as a fused int8 kernel does.
 
 Observing (statistics) and rounding are separate steps: during ``fit`` a layer observes then
 rounds; in inference it rounds only; under ``kerasq.calibrate`` it observes and does not round

@@ -52,6 +52,34 @@ def _functional(inputs, outputs):
     return keras.Model(inputs, outputs)
 
 
+def fit_logits(model, x, y, epochs: int):
+    """Train a model whose first output is logits; other outputs carry no loss."""
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.Adam(3e-3), [loss] + [None] * (len(model.outputs) - 1))
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+    return model
+
+
+def assert_same_output_codes(qmodel, blob, x, runtime, outputs=("head",), batch_size=256) -> np.ndarray:
+    """The file's int8 outputs equal the Keras model's, code for code, on ``runtime``'s kernels; returns Keras' first output."""
+    keras_outs = qmodel.predict(x, verbose=0)
+    keras_outs = keras_outs if isinstance(keras_outs, list) else [keras_outs]
+    file_outs = tflite_export.run(
+        blob, x, dequantize=False, reference_kernels=runtime == "reference", batch_size=batch_size, all_outputs=True
+    )
+    for name, keras_out, file_out in zip(outputs, keras_outs, file_outs):
+        grid = qmodel.get_layer(name).output_params()
+        np.testing.assert_array_equal(np.round(keras_out / grid.scale) + grid.zero_point, file_out.astype(np.float64))
+    return keras_outs[0]
+
+
+def quantize_and_export(model, x_calibration, runtime):
+    qmodel = kerasq.quantize_model(model, target=runtime, calibration_data=x_calibration)
+    blob = tflite_export.convert(qmodel)
+    assert tflite_export.inspect(blob).is_integer_only
+    return qmodel, blob
+
+
 def test_arithmetic_on_tensors_is_read_as_layers():
     x = keras.Input((4, 4, 3))
     y = keras.layers.Conv2D(3, 1)(x)
@@ -129,16 +157,12 @@ def test_squeeze_excite_hard_swish_and_swish_export_code_for_code(trained_squeez
     _, (x_test, y_test) = digits
     with kerasq.using_target(qmodel, runtime):
         blob = tflite_export.convert(qmodel)
-        keras_out = qmodel.predict(x_test, verbose=0)
-        file_out = tflite_export.run(blob, x_test, dequantize=False, reference_kernels=runtime == "reference")
+        keras_out = assert_same_output_codes(qmodel, blob, x_test, runtime, outputs=(qmodel.layers[-1].name,))
     report = tflite_export.inspect(blob)
     assert report.is_integer_only, report
     counts = report.op_counts()
     # hard-swish: ADD, MUL, MUL; two swish: LOGISTIC, MUL each; squeeze-excite: LOGISTIC, MUL; SUB
     assert (counts["LOGISTIC"], counts["MUL"], counts["ADD"], counts["SUB"]) == (3, 5, 1, 1), counts
-    out = qmodel.layers[-1].activation_params()
-    codes = np.round(keras_out / out.scale) + out.zero_point
-    np.testing.assert_array_equal(codes, file_out.astype(np.float64))
     assert np.mean(np.argmax(keras_out, -1) == y_test) > 0.9
 
 
@@ -194,17 +218,11 @@ def test_leaky_relu_elu_and_gelu_layers_export_code_for_code(digits, runtime):
     if runtime == "xnnpack":  # LiteRT's BUILTIN_REF resolver has no ELU kernel
         y = keras.layers.ELU()(keras.layers.Conv2D(8, 1)(y))
     y = keras.layers.GlobalAveragePooling2D()(y)
-    model = keras.Model(x, keras.layers.Dense(10, name="head")(y))
-    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x_train, y_train, epochs=3, batch_size=32, verbose=0)
-    qmodel = kerasq.quantize_model(model, target=runtime, calibration_data=x_train[:256])
-    blob = tflite_export.convert(qmodel)
+    model = fit_logits(keras.Model(x, keras.layers.Dense(10, name="head")(y)), x_train, y_train, epochs=3)
+    qmodel, blob = quantize_and_export(model, x_train[:256], runtime)
     counts = tflite_export.inspect(blob).op_counts()
     assert (counts["LEAKY_RELU"], counts["GELU"], counts.get("ELU", 0)) == (2, 1, int(runtime == "xnnpack")), counts
-    keras_out = qmodel.predict(x_test, verbose=0)
-    out = qmodel.get_layer("head").activation_params()
-    file_out = tflite_export.run(blob, x_test, dequantize=False, reference_kernels=runtime == "reference")
-    np.testing.assert_array_equal(np.round(keras_out / out.scale) + out.zero_point, file_out.astype(np.float64))
+    assert_same_output_codes(qmodel, blob, x_test, runtime)
 
 
 @pytest.mark.parametrize("runtime", ["xnnpack", "reference"])
@@ -220,17 +238,10 @@ def test_conv1d_and_global_average_pooling_1d_export_code_for_code(digits, runti
     y = keras.layers.Conv1D(16, 3, padding="causal", dilation_rate=2, activation="relu")(y)
     y = keras.layers.Conv1D(16, 2, strides=2, activation="relu")(y)
     y = keras.layers.GlobalAveragePooling1D()(y)
-    model = keras.Model(x, keras.layers.Dense(10, name="head")(y))
-    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    model.fit(sequences(x_train), y_train, epochs=12, batch_size=32, verbose=0)
-    qmodel = kerasq.quantize_model(model, target=runtime, calibration_data=sequences(x_train[:256]))
-    blob = tflite_export.convert(qmodel)
-    report = tflite_export.inspect(blob)
-    assert report.is_integer_only and report.op_counts()["CONV_2D"] == 3
-    keras_out = qmodel.predict(sequences(x_test), verbose=0)
-    out = qmodel.get_layer("head").activation_params()
-    file_out = tflite_export.run(blob, sequences(x_test), dequantize=False, reference_kernels=runtime == "reference")
-    np.testing.assert_array_equal(np.round(keras_out / out.scale) + out.zero_point, file_out.astype(np.float64))
+    model = fit_logits(keras.Model(x, keras.layers.Dense(10, name="head")(y)), sequences(x_train), y_train, epochs=12)
+    qmodel, blob = quantize_and_export(model, sequences(x_train[:256]), runtime)
+    assert tflite_export.inspect(blob).op_counts()["CONV_2D"] == 3
+    keras_out = assert_same_output_codes(qmodel, blob, sequences(x_test), runtime)
     assert np.mean(np.argmax(keras_out, -1) == y_test) > 0.9
 
 
@@ -261,21 +272,11 @@ def test_conv2d_transpose_exports_code_for_code_at_any_batch_size(digits, runtim
     y = keras.layers.ReLU()(y)
     y = keras.layers.Conv2DTranspose(4, 2, padding="valid", activation="relu")(y)  # 9x9
     y = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(16, 3, strides=2, activation="relu")(y))
-    model = keras.Model(x, keras.layers.Dense(10, name="head")(y))
-    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x_train, y_train, epochs=15, batch_size=32, verbose=0)
-    qmodel = kerasq.quantize_model(model, target=runtime, calibration_data=x_train[:256])
-    blob = tflite_export.convert(qmodel)
-    report = tflite_export.inspect(blob)
-    assert report.is_integer_only and report.op_counts()["TRANSPOSE_CONV"] == 2
-    keras_out = qmodel.predict(x_test, verbose=0)
-    out = qmodel.get_layer("head").activation_params()
-    codes = np.round(keras_out / out.scale) + out.zero_point
+    model = fit_logits(keras.Model(x, keras.layers.Dense(10, name="head")(y)), x_train, y_train, epochs=15)
+    qmodel, blob = quantize_and_export(model, x_train[:256], runtime)
+    assert tflite_export.inspect(blob).op_counts()["TRANSPOSE_CONV"] == 2
     for batch_size in (1, 7, 256):
-        file_out = tflite_export.run(
-            blob, x_test, dequantize=False, reference_kernels=runtime == "reference", batch_size=batch_size
-        )
-        np.testing.assert_array_equal(codes, file_out.astype(np.float64))
+        keras_out = assert_same_output_codes(qmodel, blob, x_test, runtime, batch_size=batch_size)
     assert np.mean(np.argmax(keras_out, -1) == y_test) > 0.85
 
 
@@ -290,15 +291,7 @@ def test_bilinear_upsampling_rounds_as_each_runtime_does(digits, runtime):
     y = keras.layers.Conv2D(8, 3, strides=2, padding="same")(y)  # 4x4, linear: negative codes too
     upsampled = keras.layers.UpSampling2D((3, 2), interpolation="bilinear", name="up")(y)  # 12x8
     y = keras.layers.GlobalAveragePooling2D()(upsampled)
-    model = keras.Model(x, [keras.layers.Dense(10, name="head")(y), upsampled])
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(keras.optimizers.Adam(3e-3), [loss, None])
-    model.fit(x_train, y_train, epochs=3, batch_size=32, verbose=0)
-    qmodel = kerasq.quantize_model(model, target=runtime, calibration_data=x_train[:256])
-    blob = tflite_export.convert(qmodel)
+    model = fit_logits(keras.Model(x, [keras.layers.Dense(10, name="head")(y), upsampled]), x_train, y_train, epochs=3)
+    qmodel, blob = quantize_and_export(model, x_train[:256], runtime)
     assert tflite_export.inspect(blob).op_counts()["RESIZE_BILINEAR"] == 2
-    keras_outs = qmodel.predict(x_test, verbose=0)
-    file_outs = tflite_export.run(blob, x_test, dequantize=False, reference_kernels=runtime == "reference", all_outputs=True)
-    grids = [qmodel.get_layer("head").activation_params(), qmodel.get_layer("up").output_params()]
-    for keras_out, file_out, out in zip(keras_outs, file_outs, grids):  # the logits, and the upsampled map itself
-        np.testing.assert_array_equal(np.round(keras_out / out.scale) + out.zero_point, file_out.astype(np.float64))
+    assert_same_output_codes(qmodel, blob, x_test, runtime, outputs=("head", "up"))  # the logits and the map itself
