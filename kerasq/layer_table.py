@@ -5,8 +5,8 @@ One entry per class says everything the rest of kerasq needs to know about a lay
 - ``weights``: the attributes holding quantized weights, each with the kernel axes of its
   output channels (a layer may have several);
 - ``role``: how the layer takes part in the integer model —
-  ``"weight"`` (an op with weights and its own output grid), ``"own_grid"`` (an op without
-  weights that requantizes onto its own output grid: ADD, SUB, MUL, MEAN), ``"same_grid"`` (an op whose
+  ``"weight"`` (an op with weights and its own output grid), ``"own_grid"`` (an op that
+  requantizes onto its own output grid without a weighted sum: ADD, SUB, MUL, MEAN, PRELU), ``"same_grid"`` (an op whose
   output is on its input's grid, values unchanged: MAX_POOL_2D, RESHAPE, PAD, ...),
   ``"shared_grid"`` (inputs and output must share one grid: CONCATENATION, MAXIMUM, MINIMUM
   compare or copy codes), ``"affine"`` (a
@@ -61,6 +61,7 @@ class WeightSpec:
 
     attribute: str
     channel_axes: tuple[int, ...] = (-1,)
+    int8_only: bool = False  # TFLite's kernel reads it as int8 with one scale (PReLU's alpha), whatever the scheme
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,12 @@ def _conv1d_check(layer) -> str | None:
         return "only channels_last data is supported"
     if tuple(layer.dilation_rate) != (1,) and tuple(layer.strides) != (1,):
         return "a dilated convolution with strides is not supported by TFLite"
+    return None
+
+
+def _prelu_check(layer) -> str | None:
+    if len(layer.input_shape) > 4:
+        return "TFLite's PRELU broadcasts over at most 4 dimensions"
     return None
 
 
@@ -225,6 +232,7 @@ LAYER_TABLE: dict[type, LayerRule] = {
     ScalarArithmetic: LayerRule("own_grid"),  # ADD or MUL with an int8 constant, by its ``op``
     keras.layers.GlobalAveragePooling2D: LayerRule("own_grid", "MEAN", check=_channels_last_check),
     keras.layers.GlobalAveragePooling1D: LayerRule("own_grid", "MEAN", check=_channels_last_check),
+    keras.layers.PReLU: LayerRule("own_grid", "PRELU", (WeightSpec("alpha", (), int8_only=True),), check=_prelu_check),
     keras.layers.Concatenate: LayerRule("shared_grid", "CONCATENATION"),
     keras.layers.Maximum: LayerRule("shared_grid", "MAXIMUM", check=_two_inputs_check),
     keras.layers.Minimum: LayerRule("shared_grid", "MINIMUM", check=_two_inputs_check),

@@ -420,7 +420,7 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
     def _exact_accumulator(self) -> bool:
         """Inference computes this weight op's integer accumulator exactly (not for binary outputs)."""
         binary = any(getattr(q, "binary", False) for q in (self.activation_quantizer, self.pre_activation_quantizer))
-        return bool(self.weight_quantizers) and not binary and len(self.weight_quantizers) == 1
+        return self.rule.role == "weight" and bool(self.weight_quantizers) and not binary and len(self.weight_quantizers) == 1
 
     def _integer_call(self, inputs) -> tf.Tensor:
         """The op output as the integer kernel computes it: exact int accumulator, the runtime's rounding.
@@ -453,7 +453,7 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
         return level * grid_out.scale
 
     def _requantize(self, z, inputs, grid: ops.Grid):
-        """``z`` of a weightless op moved onto the level the runtime's integer kernel computes (ADD, SUB, MUL, MEAN)."""
+        """``z`` of a weightless op moved onto the level the runtime's integer kernel computes (ADD, SUB, MUL, MEAN, PRELU)."""
         target = self._links.target
         if any(getattr(q, "binary", False) for q in (self.activation_quantizer, self.pre_activation_quantizer)):
             return z  # the exporter turns a sign decision into an exact test
@@ -465,6 +465,9 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
                 sign = 1.0 if isinstance(self.layer, keras.layers.Add) else -1.0
                 level = runtimes.add(target, inputs[0], sign * inputs[1], grids[0], grids[1], grid)
             exact = level * grid.scale
+        elif isinstance(self.layer, keras.layers.PReLU):
+            alpha, alpha_scale = self.weight_quantizer.quantize_with_scale(self.kernel, False, weights=self.weight_quantizer_variables)
+            exact = runtimes.prelu(inputs, alpha, self._input_grid(), tf.reshape(alpha_scale, []), grid) * grid.scale
         elif isinstance(self.layer, ScalarArithmetic):
             constant, constant_grid = self.layer.quantized_constant()
             binary = runtimes.add if self.layer.op == "add" else runtimes.mul

@@ -39,6 +39,8 @@ LOGISTIC, TANH,     the float function of the input  (same: gemmlowp's fixed poi
 ELU, GELU           value rounded to the output      BUILTIN_REF has no ELU kernel)
                     grid (a table of 256 codes)
 RESIZE_BILINEAR     11-bit weights, ties up          10-bit weights, ties away from zero
+PRELU               (reference: XNNPACK does not     MultiplyByQuantizedMultiplier per sign
+                    take int8 PRELU)
 ==================  ===============================  =========================================
 
 In inference the quantized layers compute a weight op's integer accumulator exactly (a float64
@@ -336,6 +338,22 @@ def leaky_relu(target: Target, x: tf.Tensor, grid_in, grid_out, alpha: float) ->
     in_range = lambda r: (r >= 2.0**-8) & (r <= 2.0**7)  # noqa: E731
     delegated = in_range(ratio) & in_range(negative_ratio)
     return tf.cast(tf.where(delegated, xnnpack, reference), tf.float32)
+
+
+def prelu(x: tf.Tensor, alpha: tf.Tensor, grid_in, alpha_scale: tf.Tensor, grid_out) -> tf.Tensor:
+    """TFLite's int8 PRELU of ``x`` (on ``grid_in``) with slopes ``alpha`` (values on ``alpha_scale``, zero point 0).
+
+    With ``d = q - z_i`` and ``a`` the slope's code: ``MBQM(d, s_i/s_o)`` where ``d >= 0``, else
+    ``MBQM(d·a, s_i·s_a/s_o)``; as ``out_code - z_o`` before clamping. XNNPACK does not take int8
+    PRELU, so every runtime computes this (checked on every code, 30 grids, ai-edge-litert 2.3.0).
+    ``alpha`` broadcasts against ``x``. Returns float32.
+    """
+    d = _codes(x, grid_in.scale, 0.0)
+    a = _codes(alpha, alpha_scale, 0.0)
+    s_in, s_out = tf.cast(grid_in.scale, tf.float64), tf.cast(grid_out.scale, tf.float64)
+    m_pos, shift_pos = quantize_multiplier(s_in / s_out)
+    m_neg, shift_neg = quantize_multiplier(s_in * tf.cast(alpha_scale, tf.float64) / s_out)
+    return tf.cast(tf.where(d >= 0, _mbqm(d, m_pos, shift_pos), _mbqm(d * a, m_neg, shift_neg)), tf.float32)
 
 
 def mul_delegated(scale_a: float, scale_b: float, scale_out: float) -> bool:

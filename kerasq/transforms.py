@@ -275,9 +275,7 @@ def _wrap(node: Node, scheme: Scheme, spec: ActivationSpec, channel_scale: bool)
         # softmax/sigmoid/tanh end on their op's fixed grid; swish on a grid of the scheme's.
         pre = scheme.activation_quantizer(layer, ActivationSpec())
         post = spec.output_quantizer() or scheme.activation_quantizer(layer, spec)
-    rule = rule_for(layer)
-    weight_quantizers = {weight.attribute: scheme.weight_quantizer(layer, weight) for weight in rule.weights}
-    return QuantizedLayer(layer, weight_quantizers, spec, post, pre, channel_scale=channel_scale)
+    return QuantizedLayer(layer, scheme.weight_quantizers(layer), spec, post, pre, channel_scale=channel_scale)
 
 
 def _shareable(layer) -> bool:

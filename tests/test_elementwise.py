@@ -295,3 +295,31 @@ def test_bilinear_upsampling_rounds_as_each_runtime_does(digits, runtime):
     qmodel, blob = quantize_and_export(model, x_train[:256], runtime)
     assert tflite_export.inspect(blob).op_counts()["RESIZE_BILINEAR"] == 2
     assert_same_output_codes(qmodel, blob, x_test, runtime, outputs=("head", "up"))  # the logits and the map itself
+
+
+@pytest.mark.parametrize("runtime", ["xnnpack", "reference"])
+def test_prelu_exports_code_for_code(digits, runtime):
+    """PReLU with slopes per channel (shared over space) and per position, as PRELU with int8 slopes."""
+    (x_train, y_train), (x_test, y_test) = digits
+    keras.utils.set_random_seed(6)
+    x = keras.Input((8, 8, 1))
+    y = keras.layers.Conv2D(8, 3, padding="same")(x)
+    y = keras.layers.BatchNormalization()(y)
+    y = keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(0.25), shared_axes=[1, 2], name="prelu_c")(y)
+    y = keras.layers.Conv2D(8, 3, strides=2, padding="same")(y)
+    y = keras.layers.PReLU(name="prelu_hwc")(y)  # slopes start at 0 and train
+    y = keras.layers.GlobalAveragePooling2D()(y)
+    model = fit_logits(keras.Model(x, keras.layers.Dense(10, name="head")(y)), x_train, y_train, epochs=12)
+    assert np.abs(model.get_layer("prelu_hwc").get_weights()[0]).max() > 0
+    qmodel, blob = quantize_and_export(model, x_train[:256], runtime)
+    assert tflite_export.inspect(blob).op_counts()["PRELU"] == 2
+    keras_out = assert_same_output_codes(qmodel, blob, x_test, runtime)
+    assert np.mean(np.argmax(keras_out, -1) == y_test) > 0.85
+
+
+def test_prelu_slopes_stay_int8_per_tensor_under_a_low_bit_scheme():
+    x = keras.Input((4, 4, 3))
+    y = keras.layers.PReLU(shared_axes=[1, 2], name="prelu")(keras.layers.Conv2D(4, 3, name="conv")(x))
+    qmodel = kerasq.quantize_model(keras.Model(x, keras.layers.Flatten()(y)), "pact")
+    slopes = qmodel.get_layer("prelu").weight_quantizer
+    assert (type(slopes).__name__, slopes.bits, slopes.channel_axes) == ("LinearWeightQuantizer", 8, ())

@@ -441,6 +441,19 @@ def _mul(ctx: Lowering, wrapper, sources, shape, out_params, fused, sign) -> int
     return _binary(ctx, wrapper, "MUL", [s[0] for s in sources], [s[1] for s in sources], shape, out_params, fused)
 
 
+@lowers(keras.layers.PReLU)
+def _prelu(ctx: Lowering, wrapper, sources, shape, out_params, fused, sign) -> int:
+    """PRELU with the slopes as one int8 tensor (their quantizer's codes, one scale, zero point 0)."""
+    if fused != "NONE":
+        raise ExportError(f"Layer {wrapper.name!r}: PRELU has no fused activation; an activation after a PReLU is not exported.")
+    grid = wrapper.weight_grid()
+    scale = np.asarray(grid.scale, np.float32).reshape(-1)[:1]
+    alpha = ctx.ir.constant(f"{wrapper.name}/alpha", grid.codes.astype(np.int8), "int8", Quantization(scale, [0]))
+    out = ctx.ir.activation(wrapper.name, shape, out_params)
+    ctx.ir.add_operator("PRELU", [sources[0][0], alpha], [out])
+    return out
+
+
 @lowers(ScalarArithmetic)
 def _scalar_arithmetic(ctx: Lowering, wrapper, sources, shape, out_params, fused, sign) -> int:
     """``x + c`` / ``x · c``: ADD / MUL with the constant as a 0-d int8 tensor (``ScalarArithmetic.constant_params``)."""

@@ -26,7 +26,7 @@ VERSIONS = {
     "MINIMUM": 2, "MAXIMUM": 2, "QUANTIZE": 2, "DEQUANTIZE": 2, "PAD": 2, "CAST": 1, "GREATER_EQUAL": 2,
     "SELECT_V2": 1, "SLICE": 2, "RELU": 2, "RESIZE_NEAREST_NEIGHBOR": 2,
     "TRANSPOSE": 2, "MUL": 2, "SUB": 2, "LEAKY_RELU": 2, "ELU": 1, "GELU": 2, "TRANSPOSE_CONV": 3, "SHAPE": 1,
-    "STRIDED_SLICE": 1, "RESIZE_BILINEAR": 3,
+    "STRIDED_SLICE": 1, "RESIZE_BILINEAR": 3, "PRELU": 1,
 }
 # The options table of each op that has one (schema.BuiltinOptions member and *OptionsT class).
 OPTIONS = {

@@ -50,10 +50,15 @@ class Scheme(ConfigEquality, metaclass=abc.ABCMeta):
         channels are ``weight.channel_axes``), None to keep it float."""
 
     def weight_quantizers(self, layer: keras.layers.Layer) -> dict[str, WeightQuantizer]:
-        """``{attribute: quantizer}`` for every weight the layer table lists for ``layer``'s class."""
+        """``{attribute: quantizer}`` for every weight the layer table lists for ``layer``'s class.
+
+        A weight the table marks ``int8_only`` (PReLU's alpha) gets ``Linear()``'s int8 quantizer.
+        """
         rule = rule_for(layer)
         weights = rule.weights if rule is not None else ()
-        quantizers = {weight.attribute: self.weight_quantizer(layer, weight) for weight in weights}
+        quantizers = {
+            weight.attribute: (Linear() if weight.int8_only else self).weight_quantizer(layer, weight) for weight in weights
+        }
         return {attr: quantizer for attr, quantizer in quantizers.items() if quantizer is not None}
 
     def activation_quantizer(self, layer: keras.layers.Layer, activation: ActivationSpec) -> ActivationQuantizer:
