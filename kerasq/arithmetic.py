@@ -4,7 +4,9 @@ Keras records arithmetic on symbolic tensors (``x + 3.0`` inside a Functional mo
 MobileNetV3's hard-sigmoid writes it) as ``TFOpLambda`` layers that hold a TensorFlow function
 and keep the constant in their call record. ``ScalarArithmetic`` is the same computation as a
 layer of its own: ``kerasq.graph`` reads such ``TFOpLambda`` nodes as ``ScalarArithmetic``, which
-the layer table knows (TFLite runs it as ADD or MUL with an int8 constant).
+the layer table knows (TFLite runs it as ADD or MUL with an int8 constant), and arithmetic of two
+tensors or activation functions called on a tensor (``tf.nn.relu6(x)``) as the Keras layers they
+equal.
 
 The constant is stored in the .tflite as one int8 code on its own grid: ``c ≈ q·s`` with
 ``q = ±127`` and ``s = f32(|c|/127)`` (``c = 0``: ``q = 0``, ``s = 1``), exact to float32.
@@ -29,6 +31,11 @@ _FUNCTIONS = {
     "math.multiply": "multiply", "math.truediv": "divide", "math.divide": "divide",
 }
 _COMMUTATIVE = ("add", "multiply")
+# TFOpLambda activation functions of one tensor, and the Keras activation each is.
+_ACTIVATIONS = {
+    "nn.relu": "relu", "nn.relu6": "relu6", "math.sigmoid": "sigmoid", "math.tanh": "tanh", "nn.silu": "swish",
+    "nn.gelu": "gelu", "nn.elu": "elu", "nn.softmax": "softmax",
+}
 
 
 @register("layer")
@@ -94,13 +101,17 @@ def from_tf_op_lambda(layer: keras.layers.Layer, call) -> keras.layers.Layer | N
     ``call``: the layer's inbound node (``call_args``/``call_kwargs`` hold the constant).
     ``x + c``, ``c + x``, ``x - c``, ``x * c``, ``c * x`` and ``x / c`` with a number ``c`` give a
     ``ScalarArithmetic``; ``x + y``, ``x - y`` and ``x * y`` of two tensors give ``Add``,
-    ``Subtract`` and ``Multiply``.
+    ``Subtract`` and ``Multiply``; ``tf.nn.relu(x)``, ``relu6``, ``sigmoid``, ``tanh``, ``silu``,
+    ``gelu``, ``elu`` and ``softmax`` (default arguments) give an ``Activation`` layer.
     Anything else (a tensor constant, ``c - x``, ``c / x``, other functions) gives None.
     """
-    kind = _FUNCTIONS.get(layer.get_config().get("function"))
+    function = layer.get_config().get("function")
+    kwargs = {k: v for k, v in dict(call.call_kwargs or {}).items() if k != "name"}
+    if function in _ACTIVATIONS and len(call.call_args) == 1 and not kwargs:
+        return _traced(keras.layers.Activation(_ACTIVATIONS[function], name=layer.name), list(call.call_args))
+    kind = _FUNCTIONS.get(function)
     if kind is None:
         return None
-    kwargs = {k: v for k, v in dict(call.call_kwargs or {}).items() if k != "name"}
     args = list(call.call_args) + [kwargs.pop(k) for k in ("x", "y") if k in kwargs]
     if kwargs or len(args) != 2:
         return None

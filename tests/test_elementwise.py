@@ -83,10 +83,12 @@ def quantize_and_export(model, x_calibration, runtime):
 def test_arithmetic_on_tensors_is_read_as_layers():
     x = keras.Input((4, 4, 3))
     y = keras.layers.Conv2D(3, 1)(x)
-    branches = [y + 3.0, 2.0 * y, y - 1.5, y / 4.0, y * y, y - y]
+    branches = [y + 3.0, 2.0 * y, y - 1.5, y / 4.0, y * y, y - y, tf.nn.relu6(y), tf.math.sigmoid(y)]
     model = _functional(x, keras.layers.Concatenate()(branches))
     layers = {n.name: n.layer for n in LayerGraph.from_model(model).nodes}
     read = [(type(l).__name__, getattr(l, "op", None), getattr(l, "value", None)) for l in layers.values()]
+    activations = [keras.activations.serialize(l.activation) for l in layers.values() if type(l).__name__ == "Activation"]
+    assert activations == ["relu6", "sigmoid"]
     assert ("ScalarArithmetic", "add", 3.0) in read
     assert ("ScalarArithmetic", "multiply", 2.0) in read
     assert ("ScalarArithmetic", "add", -1.5) in read
@@ -126,7 +128,7 @@ def squeeze_excite_net() -> keras.Model:
     y = y * (keras.layers.ReLU(6.0)(y + 3.0) * (1.0 / 6.0))  # hard-swish as Keras applications write it
     y = keras.layers.Conv2D(12, 3, strides=2, padding="same", activation="swish")(y)
     gate = keras.layers.GlobalAveragePooling2D(keepdims=True)(y)
-    gate = keras.layers.Conv2D(4, 1, activation="relu")(gate)
+    gate = tf.nn.relu(keras.layers.Conv2D(4, 1)(gate))  # a TFOpLambda activation, fused into the conv
     gate = keras.layers.Conv2D(12, 1, activation="sigmoid")(gate)
     y = keras.layers.Multiply()([y, gate])  # [4, 4, 12] · [1, 1, 12]
     z = keras.layers.Conv2D(12, 1)(y)
