@@ -40,7 +40,6 @@ import numpy as np
 from kerasq import ops, runtimes
 from kerasq.activations import ActivationSpec
 from kerasq.arithmetic import ScalarArithmetic
-from kerasq.transposed_conv import TransposedConv2D
 from kerasq.compat import keras, tf
 from kerasq.layer_table import rule_for
 from kerasq.observers import Observer
@@ -55,6 +54,7 @@ from kerasq.quantizers import (
     serialize,
 )
 from kerasq.registry import register
+from kerasq.transposed_conv import TransposedConv2D
 
 # Largest symmetric code of each weight storage type (zero point 0).
 STORAGE_LIMITS = {"int4": 7, "int8": 127}
@@ -453,7 +453,10 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
         return level * grid_out.scale
 
     def _requantize(self, z, inputs, grid: ops.Grid):
-        """``z`` of a weightless op moved onto the level the runtime's integer kernel computes (ADD, SUB, MUL, MEAN, PRELU)."""
+        """``z`` of an op without a weighted sum moved onto the level its integer kernel computes.
+
+        ADD, SUB, MUL, PRELU, ADD/MUL with a constant, MEAN (see ``kerasq.runtimes``).
+        """
         target = self._links.target
         if any(getattr(q, "binary", False) for q in (self.activation_quantizer, self.pre_activation_quantizer)):
             return z  # the exporter turns a sign decision into an exact test
