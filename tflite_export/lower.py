@@ -430,15 +430,11 @@ def _sign_activation(ir: Graph, wrapper: QuantizedLayer, x_index: int, shape: li
 
 
 # --- ops with an own output grid ---------------------------------------------------------------
-@lowers(keras.layers.Add, keras.layers.Subtract)
-def _add(ctx: Lowering, wrapper, sources, shape, out_params, fused, sign) -> int:
+@lowers(keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply)
+def _elementwise(ctx: Lowering, wrapper, sources, shape, out_params, fused, sign) -> int:
+    """ADD / SUB / MUL of two layer outputs, the op the layer table gives."""
     op = rule_for(wrapper.layer).op
     return _binary(ctx, wrapper, op, [s[0] for s in sources], [s[1] for s in sources], shape, out_params, fused)
-
-
-@lowers(keras.layers.Multiply)
-def _mul(ctx: Lowering, wrapper, sources, shape, out_params, fused, sign) -> int:
-    return _binary(ctx, wrapper, "MUL", [s[0] for s in sources], [s[1] for s in sources], shape, out_params, fused)
 
 
 @lowers(keras.layers.PReLU)
@@ -495,6 +491,11 @@ def _mean(ctx: Lowering, wrapper, sources, shape, out_params, fused, sign) -> in
 
 
 # --- ops on their input's grid -----------------------------------------------------------------
+def _unwrapped(node: Node) -> keras.layers.Layer:
+    """The Keras layer of a node, inside its ``OnInputGrid`` wrapper if it has one."""
+    return node.layer.layer if isinstance(node.layer, OnInputGrid) else node.layer
+
+
 @lowers(keras.layers.Dropout)
 def _identity(ctx: Lowering, node: Node) -> None:
     ctx.same_grid(node, None)
@@ -502,7 +503,7 @@ def _identity(ctx: Lowering, node: Node) -> None:
 
 @lowers(keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
 def _pool(ctx: Lowering, node: Node) -> None:
-    layer = node.layer.layer if isinstance(node.layer, OnInputGrid) else node.layer
+    layer = _unwrapped(node)
     ctx.same_grid(
         node, rule_for(layer).op, padding=layer.padding.upper(), stride_h=int(layer.strides[0]), stride_w=int(layer.strides[1]),
         filter_height=int(layer.pool_size[0]), filter_width=int(layer.pool_size[1]), fused_activation_function="NONE",
@@ -533,7 +534,7 @@ def _cropping(ctx: Lowering, node: Node) -> None:
 
 @lowers(keras.layers.UpSampling2D)
 def _upsampling(ctx: Lowering, node: Node) -> None:
-    layer = node.layer.layer if isinstance(node.layer, OnInputGrid) else node.layer
+    layer = _unwrapped(node)
     height, width, _ = _shape(node.layer)
     size = ctx.ir.constant(f"{node.name}/size", np.array([height, width], np.int32), "int32")
     if layer.interpolation == "bilinear":  # tf.image.resize: half-pixel centres
