@@ -37,9 +37,14 @@ def tfmot_reference(model: keras.Model, x_train, y_train, epochs: int, calibrati
     return qat, converter_int8(qat, calibration)
 
 
-def converter_int8(model: keras.Model, calibration: np.ndarray) -> bytes:
-    """TensorFlow's full-integer conversion (int8 ops, input and output) with ``calibration`` as representative data."""
+def converter_int8(model: keras.Model, calibration: np.ndarray, per_channel: bool = True) -> bytes:
+    """TensorFlow's full-integer conversion (int8 ops, input and output) with ``calibration`` as representative data.
+
+    ``per_channel=False`` sets the converter's ``_experimental_disable_per_channel`` switch
+    (one weight scale per tensor), which TensorFlow 2.21 honours on this path.
+    """
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter._experimental_disable_per_channel = not per_channel
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([calibration[i : i + 1]] for i in range(len(calibration)))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]

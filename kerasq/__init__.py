@@ -16,7 +16,8 @@ from kerasq.layers import QuantizedLayer, QuantizeInput, Requantize
 from kerasq.model import QuantizedModel, link, quantization_mode, set_target, using_target
 from kerasq.runtimes import Target
 from kerasq.schemes import Scheme, available_schemes, get_scheme
-from kerasq.transforms import calibrate, quantize_model, quantize_scope, quantized_layers, quantized_weights
+from kerasq.transforms import calibrate, fold_batch_norms, quantize_model, quantize_scope, quantized_layers, quantized_weights
+from kerasq import clipping, ptq  # noqa: E402  (post-training quantization builds on everything above)
 
 __version__ = "0.2.0"
 
@@ -31,10 +32,13 @@ __all__ = [
     "available_schemes",
     "calibrate",
     "callbacks",
+    "clipping",
+    "fold_batch_norms",
     "get_scheme",
     "keras",
     "link",
     "observers",
+    "ptq",
     "quantization_mode",
     "quantize_model",
     "quantize_scope",

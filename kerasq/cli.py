@@ -42,6 +42,8 @@ examples:
 examples:
   kerasq export qat.keras --out qat.tflite                         # a kerasq-quantized model, as trained
   kerasq export float.keras --out ptq.tflite --dataset digits      # a float model: post-training quantization
+  kerasq export float.keras --out ptq.tflite --dataset mnist --data_dir ../shared/data \
+      --method kl --equalize --bias_correction empirical           # PTQ methods (kerasq.ptq.quantize)
 """,
     "inspect": """\
 examples:
@@ -92,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="output .tflite path (must not be the input)")
     data_args(export, default=None)
     export.add_argument("--calibration_samples", type=int, default=500)
+    export.add_argument("--method", default="minmax", choices=["minmax", "ema", "percentile", "mse", "kl", "aciq"],
+                        help="activation range method for a float model (default: minmax)")
+    export.add_argument("--equalize", action="store_true", help="cross-layer equalization first (float model)")
+    export.add_argument("--bias_correction", choices=["empirical", "analytical"], help="bias correction (float model)")
+    export.add_argument("--adaround", action="store_true", help="AdaRound weight rounding (float model)")
 
     inspect = command("inspect", "list the ops, dtypes, scales and per-channel weights of a .tflite")
     inspect.add_argument("file")
@@ -117,10 +124,12 @@ def _demo(args) -> None:
 
 
 def _export(args) -> None:
+    import kerasq.ptq
     import tflite_export
     from kerasq import quantize_scope
     from kerasq.compat import keras
     from kerasq.datasets import load_dataset
+    from kerasq.layers import kerasq_layers
 
     if not os.path.exists(args.model):
         raise FileNotFoundError(f"No model at {args.model!r}")
@@ -135,6 +144,11 @@ def _export(args) -> None:
         (x_train, _), _ = load_dataset(args.dataset, args.data_dir)
         data = x_train[: args.calibration_samples]
     print(f"exporting {args.model} ({'with' if data is not None else 'without'} calibration data)", file=sys.stderr)
+    if data is not None and not kerasq_layers(model):
+        model = kerasq.ptq.quantize(
+            model, data, method=args.method, equalize=args.equalize, bias_correction=args.bias_correction,
+            adaround=args.adaround, verbose=0,
+        )
     blob = tflite_export.convert(model, data)
     tflite_export.save(blob, args.out)
     report = tflite_export.inspect(blob)

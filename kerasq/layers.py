@@ -65,12 +65,16 @@ class Mode:
     """What a quantized layer does in a call: ``observe`` statistics, ``round`` values.
 
     ``observe=None`` observes in training only. ``observer`` replaces the quantizers' own
-    observers while it is set (``kerasq.calibrate`` uses a min/max observer).
+    observers while it is set (``kerasq.calibrate`` uses a min/max observer). ``exact=False``
+    runs inference as a training step computes it (float32, fake quantization, within an LSB
+    of the exact integer arithmetic and several times faster): post-training steps that only
+    need a layer's inputs approximately use it.
     """
 
     observe: bool | None = None
     round: bool = True
     observer: Observer | None = None
+    exact: bool = True
 
 
 DEFAULT_MODE = Mode()
@@ -294,7 +298,7 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
                 self._observe(z, mode.observer)
             return self.activation(z)
 
-        if observe or is_training(training):  # a QAT step: float32 forward pass, fake quantization
+        if observe or is_training(training) or not mode.exact:  # float32 forward pass, fake quantization
             z = self._quantized_call(inputs, training)
             if observe:
                 self._observe(z, mode.observer)
@@ -394,7 +398,7 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
     def _exact_output(self, inputs):
         """The layer's output as the target runtime computes it (see ``kerasq.runtimes``)."""
         op_quantizer, op_state = self._op_output()
-        if self._exact_accumulator():
+        if self.has_accumulator():
             return self._rounded_output(self._integer_call(inputs), exact=True)
         z = self._quantized_call(inputs, False)
         return self._rounded_output(self._requantize(z, inputs, op_quantizer.grid(op_state)), exact=True)
@@ -417,7 +421,7 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
         return tf.reduce_all(tf.stack(tensors)) if tensors else True
 
     # --- the runtime's rounding -------------------------------------------------------------------
-    def _exact_accumulator(self) -> bool:
+    def has_accumulator(self) -> bool:
         """Inference computes this weight op's integer accumulator exactly (not for binary outputs)."""
         binary = any(getattr(q, "binary", False) for q in (self.activation_quantizer, self.pre_activation_quantizer))
         return self.rule.role == "weight" and bool(self.weight_quantizers) and not binary and len(self.weight_quantizers) == 1
@@ -443,7 +447,7 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
         storage = storage_of(self.weight_quantizer.grid_bits, target, self.rule.op)
         widening = _storage_widening_tf(codes, storage)
         x_codes = tf.cast(tf.round(ops.exact_divide(inputs, grid_in.scale)), tf.float64)
-        acc = _accumulate(self.layer, self.rule.op, x_codes, tf.cast(codes * widening, tf.float64))
+        acc = accumulate(self.layer, self.rule.op, x_codes, tf.cast(codes * widening, tf.float64))
         if getattr(self.layer, "use_bias", False):
             bias_codes = bias_to_codes(self.layer.bias, grid_in.scale * weight_scales)
             acc = acc + tf.cast(bias_codes * widening, tf.float64)
@@ -641,7 +645,7 @@ class QuantizedLayer(keras.layers.Wrapper, _GridOutput):
         return config
 
 
-def _accumulate(layer: keras.layers.Layer, op: str, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+def accumulate(layer: keras.layers.Layer, op: str, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     """The op's integer accumulator (no bias) on codes, in the dtype of ``x`` and ``kernel`` (float64)."""
     if op == "FULLY_CONNECTED":  # over the last axis of any rank, as FULLY_CONNECTED with keep_num_dims
         return tf.tensordot(x, kernel, [[x.shape.rank - 1], [0]])

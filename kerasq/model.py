@@ -137,16 +137,23 @@ def using_target(model: keras.Model, target: Target | str | dict | None) -> Iter
 
 @contextlib.contextmanager
 def quantization_mode(
-    model: keras.Model, *, observe: bool | None = None, round: bool = True, observer: Observer | None = None
+    model: keras.Model,
+    *,
+    observe: bool | None = None,
+    round: bool = True,
+    observer: Observer | None = None,
+    exact: bool = True,
 ) -> Iterator[keras.Model]:
     """Within the block, the kerasq layers of ``model`` observe and round as asked.
 
     ``observe=None`` observes in training only (the default); ``round=False`` lets float values
     through; ``observer`` replaces the layers' own observers (their statistics variables are
-    shared). Keras' traced ``fit``/``predict`` functions are dropped on entry and exit.
+    shared); ``exact=False`` computes inference in float32 with fake quantization instead of
+    the runtime's integer arithmetic. Keras' traced ``fit``/``predict`` functions are dropped on
+    entry and exit.
     """
     layers = kerasq_layers(model)
-    mode = Mode(observe, bool(round), observer)
+    mode = Mode(observe, bool(round), observer, bool(exact))
     _forget_traced_functions(model)
     try:
         for layer in layers:

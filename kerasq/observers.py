@@ -16,16 +16,41 @@ collection and rounding are separate objects, and calibration is "observers on, 
 
 Both keep the same three variables, so a model calibrated with min/max continues its
 moving average from the calibrated range when it is trained.
+
+Post-training calibration adds observers that clip: they choose the range from a histogram of
+the tensor (``HistogramObserver``), which ``kerasq.calibrate`` collects in a second pass over
+the data, after a min/max pass has fixed the histogram's span (as TensorRT does). The choice
+itself is math in ``kerasq.clipping``:
+
+- ``PercentileObserver(percentile=99.99)``: the range between two percentiles;
+- ``MSEObserver()``: the range ``α·[min, max]`` minimizing ``E[(X - Q(X))²]``;
+- ``KLObserver()``: TensorRT's entropy calibration (Migacz 2017): the threshold whose
+  quantized distribution is closest in KL divergence to the 2048-bin histogram of ``|x|``;
+- ``ACIQObserver(distribution="laplace")``: Banner et al. 2019's analytic clip,
+  ``2.83b, 3.89b, 5.03b`` for 2, 3, 4 bits on Laplace(μ, b) data.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from kerasq import clipping
 from kerasq.compat import tf
 from kerasq.registry import ConfigEquality, get, register
 
-__all__ = ["MinMaxObserver", "MovingAverageObserver", "Observer", "get_observer"]
+__all__ = [
+    "ACIQObserver",
+    "HistogramCollector",
+    "HistogramObserver",
+    "KLObserver",
+    "MSEObserver",
+    "MinMaxObserver",
+    "MovingAverageObserver",
+    "Observer",
+    "ObserverByTensor",
+    "PercentileObserver",
+    "get_observer",
+]
 
 
 class Observer(ConfigEquality):
@@ -106,6 +131,143 @@ class MinMaxObserver(Observer):
         state["count"].assign_add(1)
 
 
+class HistogramObserver(Observer):
+    """Base: chooses a range from the histogram of the tensor instead of folding batches in.
+
+    ``kerasq.calibrate`` runs a min/max pass first (``MinMaxObserver``), then collects a
+    ``2·bins``-bin histogram over ``[-A, A]``, ``A = max(|min|, |max|)`` (``HistogramCollector``),
+    then asks ``choose_range`` for the range the grid quantizes onto.
+    """
+
+    def __init__(self, bins: int = 2048):
+        if int(bins) < 256:
+            raise ValueError(f"A calibration histogram needs at least 256 bins. Received: bins={bins}")
+        self.bins = int(bins)
+
+    def update(self, x, state):
+        raise TypeError(
+            f"{type(self).__name__} chooses its range from a histogram: use it through kerasq.calibrate "
+            "(a min/max pass, then a histogram pass), not as a streaming observer."
+        )
+
+    def choose_range(self, histogram: clipping.Histogram, lo: float, hi: float, bits: int) -> tuple[float, float]:
+        """The ``(min, max)`` to quantize onto, from the tensor's histogram and its observed ``[lo, hi]``."""
+        raise NotImplementedError
+
+    def get_config(self):
+        return {"bins": self.bins}
+
+
+@register("observer", alias="percentile")
+class PercentileObserver(HistogramObserver):
+    """The range between the ``100 - p`` and ``p`` percentiles of the values (default ``p = 99.99``)."""
+
+    def __init__(self, percentile: float = 99.99, bins: int = 2048):
+        super().__init__(bins)
+        if not 50.0 < float(percentile) <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100]. Received: percentile={percentile}")
+        self.percentile = float(percentile)
+
+    def choose_range(self, histogram, lo, hi, bits):
+        return clipping.percentile_range(histogram, lo, hi, self.percentile)
+
+    def get_config(self):
+        return {"percentile": self.percentile, "bins": self.bins}
+
+
+@register("observer", alias="mse")
+class MSEObserver(HistogramObserver):
+    """The range ``α·[min, max]`` whose ``bits``-bit grid minimizes ``E[(X - Q(X))²]`` (``clipping.mse_range``)."""
+
+    def choose_range(self, histogram, lo, hi, bits):
+        return clipping.mse_range(histogram, lo, hi, bits)
+
+
+@register("observer", alias="kl")
+class KLObserver(HistogramObserver):
+    """TensorRT's entropy calibration (Migacz 2017): the clip minimizing ``KL(P || Q)`` (``clipping.kl_range``).
+
+    ``P`` is the 2048-bin histogram of ``|x|`` with the clipped mass in its last kept bin;
+    candidates start at bin 128 for 8-bit data of both signs.
+    """
+
+    def choose_range(self, histogram, lo, hi, bits):
+        return clipping.kl_range(histogram, lo, hi, bits)
+
+
+@register("observer", alias="aciq")
+class ACIQObserver(HistogramObserver):
+    """Banner et al. 2019's analytic clip for Laplace or Gaussian data (``clipping.aciq_range``).
+
+    ``α* = 2.83b, 3.89b, 5.03b`` for 2, 3, 4 bits on Laplace(μ, b) data, ``b = E|x - μ|``.
+    """
+
+    def __init__(self, distribution: str = "laplace", bins: int = 2048):
+        super().__init__(bins)
+        clipping.aciq_alpha(8, distribution)  # validates the name
+        self.distribution = str(distribution)
+
+    def choose_range(self, histogram, lo, hi, bits):
+        return clipping.aciq_range(histogram, lo, hi, bits, self.distribution)
+
+    def get_config(self):
+        return {"distribution": self.distribution, "bins": self.bins}
+
+
+def _key(state: dict[str, tf.Variable]):
+    return state["min"].ref()
+
+
+class HistogramCollector(Observer):
+    """Collects a histogram of every tracked tensor over ``[-A, A]`` (``A`` from its min/max).
+
+    Used for the second calibration pass: ``track(state, bins)`` before the pass creates a
+    ``2·bins``-bin float64 histogram for the statistics ``state`` (whose ``min``/``max`` hold
+    the range of the first pass and are not changed); ``histogram(state)`` reads it back.
+    Values at the span's edges fall into the edge bins.
+    """
+
+    def __init__(self):
+        self._histograms: dict = {}
+
+    def track(self, state: dict[str, tf.Variable], bins: int) -> None:
+        self._histograms[_key(state)] = (
+            tf.Variable(tf.zeros([2 * bins], tf.float64), trainable=False),
+            tf.Variable(tf.zeros([], tf.float64), trainable=False),
+        )
+
+    def update(self, x, state):
+        if _key(state) not in self._histograms:
+            return
+        counts, zeros = self._histograms[_key(state)]
+        values = tf.reshape(tf.convert_to_tensor(x, tf.float32), [-1])
+        limit = tf.maximum(tf.maximum(tf.abs(state["min"]), tf.abs(state["max"])), 1e-30)
+        batch = tf.histogram_fixed_width(values, tf.stack([-limit, limit]), nbins=counts.shape[0])
+        counts.assign_add(tf.cast(batch, tf.float64))
+        zeros.assign_add(tf.reduce_sum(tf.cast(tf.equal(values, 0.0), tf.float64)))
+
+    def histogram(self, state: dict[str, tf.Variable]) -> clipping.Histogram:
+        limit = max(abs(float(state["min"].numpy())), abs(float(state["max"].numpy())))
+        counts, zeros = self._histograms[_key(state)]
+        return clipping.Histogram(counts.numpy(), limit, float(zeros.numpy()))
+
+
+class ObserverByTensor(Observer):
+    """Routes each tensor's statistics to its own observer (per-layer calibration methods).
+
+    ``observers`` maps a statistics dict's ``min`` variable (``.ref()``) to the observer of that
+    tensor; tensors not in it use ``default``.
+    """
+
+    def __init__(self, default: Observer, observers: dict | None = None):
+        self.default = default
+        self.observers = dict(observers or {})
+
+    def update(self, x, state):
+        self.observers.get(_key(state), self.default).update(x, state)
+
+
 def get_observer(observer: "Observer | str | dict") -> Observer:
-    """An observer from an instance, a name (``"ema"``, ``"minmax"``) or a Keras config."""
+    """An observer from an instance, a name (``"minmax"``, ``"ema"``, ``"percentile"``, ``"mse"``,
+    ``"kl"``, ``"aciq"``) or a Keras config."""
     return get("observer", observer, Observer)

@@ -173,6 +173,100 @@ class LinearWeightQuantizer(WeightQuantizer):
         }
 
 
+@register("quantizer")
+class StoredScaleWeightQuantizer(WeightQuantizer):
+    """Symmetric uniform n-bit weights on a stored per-channel scale, optionally with stored rounding.
+
+    Forward: ``q = clamp(round(w/S), q_min, q_max)``, or with ``learned_rounding``
+    ``q = clamp(floor(w/S) + r, q_min, q_max)`` with ``r ∈ {0, 1}`` stored per weight (AdaRound,
+    Nagel et al. 2020: round up or down, whichever reconstructs the layer's output better);
+    ``Q(w) = S q``. ``S`` is a variable, not recomputed from ``max|w|`` at each step, so
+    post-training quantization can clip it (MSE-optimal weight ranges) and keep the choice.
+    Backward: straight-through (Bengio 2013), no gradient where the clamp is active.
+    Export: zero point 0, codes ``q``, scale ``S``.
+
+    ``initialize`` (called by ``quantize_model``) starts from ``LinearWeightQuantizer``'s grid:
+    ``S = max|w|/q_max`` per channel (1 for an all-zero channel) and ``r`` = round to nearest,
+    so before any post-training step the two quantizers compute the same ``Q(w)``.
+
+    Args:
+      bits: 2..8. narrow_range: drop ``-2^(b-1)`` (int8 weights in ``[-127, 127]``).
+      channel_axes: kernel axes that carry one scale each; ``()`` for per tensor.
+      learned_rounding: keep a rounding decision per weight (variable ``rounding``).
+    """
+
+    def __init__(
+        self,
+        bits: int = 8,
+        narrow_range: bool = True,
+        channel_axes: tuple[int, ...] = (-1,),
+        learned_rounding: bool = False,
+    ):
+        super().__init__(channel_axes)
+        ops.signed_range(bits)
+        self.bits = int(bits)
+        self.narrow_range = bool(narrow_range)
+        self.learned_rounding = bool(learned_rounding)
+
+    def scale_shape(self, kernel_shape) -> list[int]:
+        """Shape of the stored scale: the kernel's, with 1 on every axis but the channel axes."""
+        rank = len(kernel_shape)
+        keep = {a % rank for a in self.channel_axes}
+        return [int(d) if a in keep else 1 for a, d in enumerate(kernel_shape)]
+
+    def build(self, tensor_shape, name, layer):
+        variables = {
+            "scale": layer.add_weight(
+                f"{name}_scale", shape=self.scale_shape(tensor_shape), initializer="ones", trainable=False
+            )
+        }
+        if self.learned_rounding:
+            variables["rounding"] = layer.add_weight(
+                f"{name}_rounding", shape=tuple(tensor_shape), initializer="zeros", trainable=False
+            )
+        return variables
+
+    def initialize(self, w, weights):
+        qmax = ops.signed_range(self.bits, self.narrow_range)[1]
+        scale = ops.symmetric_scale(ops.max_abs(tf.convert_to_tensor(w), self.channel_axes), qmax)
+        weights["scale"].assign(scale)
+        if self.learned_rounding:
+            ratio = ops.exact_divide(w, scale)
+            weights["rounding"].assign(tf.round(ratio) - tf.floor(ratio))
+
+    def _codes(self, w: tf.Tensor, weights) -> tf.Tensor:
+        qmin, qmax = ops.signed_range(self.bits, self.narrow_range)
+        scale = tf.convert_to_tensor(weights["scale"])
+        ratio = ops.exact_divide(w, scale)
+        if self.learned_rounding:
+            q = ratio + tf.stop_gradient(tf.floor(ratio) + weights["rounding"] - ratio)
+        else:
+            q = ops.round_ste(ratio)
+        return tf.clip_by_value(q, float(qmin), float(qmax))
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        return self._codes(inputs, weights) * tf.convert_to_tensor(weights["scale"])
+
+    def quantize_with_scale(self, w, training, weights):
+        scale = tf.convert_to_tensor(weights["scale"])
+        return self._codes(w, weights) * scale, scale
+
+    def scale(self, w, weights):
+        return tf.convert_to_tensor(weights["scale"])
+
+    def integer_grid(self, w, weights) -> WeightGrid:
+        codes = self._codes(tf.convert_to_tensor(w), weights)
+        return WeightGrid(codes.numpy().astype(np.int32), weights["scale"].numpy().astype(np.float32), self.bits)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "bits": self.bits,
+            "narrow_range": self.narrow_range,
+            "channel_axes": self.channel_axes,
+            "learned_rounding": self.learned_rounding,
+        }
+
+
 class ActivationQuantizer(Quantizer):
     """An activation quantizer: rounds onto an int8-embeddable affine grid.
 

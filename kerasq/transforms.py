@@ -13,7 +13,7 @@ output grid in ``QuantizedLayer`` and returns a linked ``QuantizedModel``.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, NamedTuple
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from kerasq.graph import LayerGraph, Node
 from kerasq.layer_table import GRID_KEEPING_ROLES, rule_for, supported_layer_names, unsupported_reason
 from kerasq.layers import OnInputGrid, QuantizedLayer, QuantizeInput, Requantize, kerasq_layers
 from kerasq.model import QuantizedModel, quantization_mode
-from kerasq.observers import get_observer
+from kerasq.observers import HistogramCollector, HistogramObserver, MinMaxObserver, ObserverByTensor, get_observer
 from kerasq.quantizers import MovingAverageQuantizer
 from kerasq.registry import all_custom_objects
 from kerasq.runtimes import Target
@@ -148,6 +148,68 @@ def _fold_affines(graph: LayerGraph, weights: dict[str, list[np.ndarray]]) -> tu
     return factors, own_ops
 
 
+class FoldedGraph(NamedTuple):
+    """A float model's graph with its affine layers folded (``fold_affine_layers``).
+
+    ``weights``: each layer's float weights (``get_weights`` order) with the affine maps folded
+    in; ``statistics``: for each op a BatchNormalization's output became, the per-channel mean
+    ``β`` and standard deviation ``|γ|`` of that output as the batch norm normalizes it
+    (float64 ``[channels]`` each), the prior of data-free methods (high-bias absorption,
+    analytical bias correction).
+    """
+
+    graph: LayerGraph
+    weights: dict
+    statistics: dict
+
+
+def fold_affine_layers(model: keras.Model) -> FoldedGraph:
+    """The graph of a float model with SeparableConv2D split and every affine layer folded into kernels.
+
+    Each BatchNormalization (Rescaling, Normalization) right after a linear Conv/Dense is folded
+    into its kernel and bias (``W·a``, ``a·b + c``); any other becomes a 1x1 DepthwiseConv2D or
+    diagonal Dense under its own name (see ``quantize_model``). The float function is unchanged.
+    The model itself is not touched; layers in the graph are the model's (clone before building).
+    """
+    graph = LayerGraph.from_model(model)
+    weights = {n.name: n.layer.get_weights() for n in graph.nodes}
+    moments = {}
+    for node in graph.nodes:
+        if isinstance(node.layer, keras.layers.BatchNormalization):
+            channels = int(node.layer.input_shape[-1])
+            params = {w.name.split("/")[-1].split(":")[0]: w.numpy().astype(np.float64) for w in node.layer.weights}
+            moments[node.name] = (node.inbound[0], params.get("beta", np.zeros(channels)), np.abs(params.get("gamma", np.ones(channels))))
+    _split_layers(graph, weights)
+    factors, _ = _fold_affines(graph, weights)
+    for name, factor in factors.items():
+        depthwise = isinstance(graph.node(name).layer, keras.layers.DepthwiseConv2D)
+        weights[name][0] = ops.scale_output_channels(weights[name][0], factor, depthwise)
+    names = {n.name for n in graph.nodes}
+    statistics = {}
+    for bn_name, (producer, mean, std) in moments.items():
+        owner = bn_name if bn_name in names else producer
+        if owner in names:
+            statistics[owner] = (mean, std)
+    return FoldedGraph(graph, weights, statistics)
+
+
+def build_float(graph: LayerGraph, weights: Mapping[str, list], name: str) -> keras.Model:
+    """A new float Functional model of ``graph`` with fresh copies of its layers and ``weights``."""
+    for node in graph.nodes:
+        node.layer = _clone(node.layer)
+    model = graph.build(name=name)
+    for node in graph.nodes:
+        if weights.get(node.name):
+            node.layer.set_weights(weights[node.name])
+    return model
+
+
+def fold_batch_norms(model: keras.Model) -> keras.Model:
+    """A new float model computing what ``model`` computes with its batch norms folded (``fold_affine_layers``)."""
+    folded = fold_affine_layers(model)
+    return build_float(folded.graph, folded.weights, f"{model.name}_folded")
+
+
 def _absorb_activations(graph: LayerGraph) -> dict[str, ActivationSpec]:
     """Move standalone activation layers into the layer whose output they act on.
 
@@ -243,18 +305,20 @@ def _resolve_schemes(
     channel is exact on an 8-bit per-channel grid, and a low-bit grid would change the map.
     """
     names = [n.name for n in graph.nodes]
-    resolved: dict[str, Scheme | None] = {n: Linear() if n in affine_ops else scheme for n in names}
+    # int8 layers keep how the scheme observes capped ReLUs (fixed [0, 6], or calibrated for PTQ).
+    int8 = Linear(calibrated_caps=getattr(scheme, "calibrated_caps", False))
+    resolved: dict[str, Scheme | None] = {n: int8 if n in affine_ops else scheme for n in names}
     if first_last_int8 is None:
         first_last_int8 = scheme.is_low_bit
     weight_layers = [n.name for n in graph.nodes if _role(n.layer) == "weight" and n.name not in affine_ops]
     if first_last_int8 and weight_layers:
         for name in {weight_layers[0], weight_layers[-1]}:
-            resolved[name] = Linear()
+            resolved[name] = int8
         # "Last layer at 8 bits" covers its input too: a weightless layer feeding it (global
         # pooling, Add) gets an int8 output instead of a low-bit one.
         for name in _producers(graph, weight_layers[-1]):
             if _role(graph.node(name).layer) == "own_grid":
-                resolved[name] = Linear()
+                resolved[name] = int8
     for name, value in layer_schemes.items():
         if name in folded:
             raise ValueError(
@@ -485,8 +549,9 @@ def _as_inputs(batch, count: int) -> list[np.ndarray]:
     return [np.asarray(b, np.float32) for b in batch]
 
 
-def _batches(data, batch_size: int, count: int) -> Iterator[list[np.ndarray]]:
-    """Float32 batches (one array per model input) from arrays or an iterable of batches."""
+def batches(data, batch_size: int, count: int) -> Iterator[list[np.ndarray]]:
+    """Float32 batches (one array per model input, ``count`` inputs) from arrays ``[N, ...]``, an
+    iterable of batches (a ``tf.data.Dataset``; ``(x, y)`` tuples give ``x``) or a callable returning one."""
     arrays = None
     if count == 1 and isinstance(data, (np.ndarray, tf.Tensor)):
         arrays = [np.asarray(data, np.float32)]
@@ -506,52 +571,126 @@ def _batches(data, batch_size: int, count: int) -> Iterator[list[np.ndarray]]:
         yield _as_inputs(batch, count)
 
 
+def _is_one_shot(data) -> bool:
+    """An iterator (a generator, ``iter(...)``) yields its batches once."""
+    return not isinstance(data, (np.ndarray, tf.Tensor, list, tuple)) and not callable(data) and iter(data) is data
+
+
+def _check_batch(batch: list[np.ndarray], expected: list[tuple]) -> None:
+    for array, shape in zip(batch, expected):
+        if not np.all(np.isfinite(array)):
+            raise ValueError("Calibration data contains NaN or infinite values.")
+        if len(array.shape[1:]) != len(shape) or any(e is not None and e != r for e, r in zip(shape, array.shape[1:])):
+            raise ValueError(f"Calibration data has sample shape {tuple(array.shape[1:])}, the model expects {shape}.")
+
+
+def _observe_pass(model, x, observer, batch_size: int, steps: int | None, verbose: int, title: str) -> int:
+    """Run ``model`` over ``x`` in inference mode with ``observer`` on and rounding off; returns the samples seen."""
+    expected = [tuple(int(d) if d is not None else None for d in t.shape[1:]) for t in model.inputs]
+    total = None
+    if isinstance(x, (np.ndarray, tf.Tensor)) and np.ndim(x) > 0:
+        total = -(-len(x) // batch_size)
+        total = total if steps is None else min(total, steps)
+    progress = keras.utils.Progbar(total, unit_name="batch") if verbose else None
+    if progress is not None:
+        print(title)
+    seen = 0
+    with quantization_mode(model, observe=True, round=False, observer=observer):
+        step = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
+        for i, batch in enumerate(batches(x, batch_size, len(expected))):
+            if steps is not None and i >= steps:
+                break
+            if batch[0].ndim == 0 or len(batch[0]) == 0:
+                continue
+            _check_batch(batch, expected)
+            step([tf.constant(a) for a in batch] if len(batch) > 1 else tf.constant(batch[0]))
+            seen += len(batch[0])
+            if progress is not None:
+                progress.update(i + 1)
+    if seen == 0:
+        raise ValueError("Calibration data is empty: the data yielded no samples.")
+    return seen
+
+
 def calibrate(
-    model: keras.Model, x, *, batch_size: int = 64, steps: int | None = None, observer="minmax"
+    model: keras.Model,
+    x,
+    *,
+    batch_size: int = 64,
+    steps: int | None = None,
+    observer="minmax",
+    layer_observers: Mapping[str, object] | None = None,
+    verbose: int = 0,
 ) -> keras.Model:
     """Observe every activation range of a quantized model on ``x``; weights and rounding untouched.
 
     Runs the model in inference mode (Dropout off, no weight or optimizer update) with rounding
     switched off, so each range describes the float activations, as post-training calibration
-    does; the previous statistics are replaced. ``observer`` (``"minmax"``, the default, the
-    global min/max over all batches; or ``"ema"``) collects them into the quantizers' own
-    variables, so a moving-average quantizer continues from these ranges during ``fit``.
+    does; the previous statistics are replaced. ``observer`` collects them into the quantizers'
+    own variables, so a moving-average quantizer continues from these ranges during ``fit``:
+
+    - ``"minmax"`` (default): the global min/max over all batches; ``"ema"``: a moving average
+      of the batch min/max (one pass);
+    - ``"percentile"``, ``"mse"``, ``"kl"``, ``"aciq"`` (``kerasq.observers.HistogramObserver``):
+      a min/max pass, then a pass collecting a 2048-bin histogram of each tensor, then the
+      clipped range the method chooses from it (``kerasq.clipping``). These read ``x`` twice.
 
     Args:
       model: a model from ``quantize_model``.
-      x: float samples ``[N, ...]``, or an iterable of batches (a ``tf.data.Dataset``; tuples
-        give their first element), or a callable returning one.
-      batch_size: samples per step for an array. steps: at most this many batches.
-    Raises ``ValueError`` on empty, NaN/inf or wrongly shaped data, or a model without kerasq layers.
+      x: float samples ``[N, ...]``, or an iterable of batches (a ``tf.data.Dataset``, a list;
+        tuples give their first element), or a callable returning one. Histogram methods need
+        data they can read twice: an iterator (a generator object) is refused; pass a callable
+        that returns a fresh one.
+      batch_size: samples per step for an array. steps: at most this many batches per pass.
+      observer: name, ``kerasq.observers`` object or config, for every range.
+      layer_observers: ``{layer name: observer}`` overriding ``observer`` for the ranges of that
+        layer (its output, and a softmax/sigmoid input); model inputs are ``"{input}_quantize"``.
+      verbose: 1 shows a progress bar per pass.
+    Raises ``ValueError`` on empty, NaN/inf or wrongly shaped data, a layer name the model does
+    not have, one-shot data for a histogram method, or a model without kerasq layers.
     """
     layers = kerasq_layers(model)
     if not layers:
         raise ValueError(f"Model {model.name!r} has no kerasq layers to calibrate; call kerasq.quantize_model first.")
-    expected = [tuple(int(d) if d is not None else None for d in t.shape[1:]) for t in model.inputs]
-    observer = get_observer(observer)
-    states = [state for layer in layers for state in observer_states(layer)]
+    default = get_observer(observer)
+    chosen = {name: get_observer(o) for name, o in dict(layer_observers or {}).items()}
+    unknown = sorted(set(chosen) - {layer.name for layer in layers})
+    if unknown:
+        raise ValueError(
+            f"layer_observers names layers without observed ranges: {unknown}; layers with ranges: "
+            f"{[layer.name for layer in layers if observed_tensors(layer)]}"
+        )
+    tensors = [(chosen.get(layer.name, default), quantizer, state) for layer in layers for quantizer, state in observed_tensors(layer)]
+    clipped = [(obs, quantizer, state) for obs, quantizer, state in tensors if isinstance(obs, HistogramObserver)]
+    if clipped and _is_one_shot(x):
+        raise ValueError(
+            f"Calibration with {type(clipped[0][0]).__name__} reads the data twice (a min/max pass, then a histogram "
+            "pass), and an iterator yields its batches once: pass an array, a tf.data.Dataset, a list of batches "
+            "or a callable that returns a fresh iterator."
+        )
+    states = [state for _, _, state in tensors]
     saved = [{k: v.numpy() for k, v in state.items()} for state in states]
     for state in states:
         for variable in state.values():
             variable.assign(tf.zeros_like(variable))
-    seen = 0
+    streaming = ObserverByTensor(
+        MinMaxObserver(),
+        {state["min"].ref(): obs for obs, _, state in tensors if not isinstance(obs, HistogramObserver)},
+    )
     try:
-        with quantization_mode(model, observe=True, round=False, observer=observer):
-            step = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
-            for i, batch in enumerate(_batches(x, batch_size, len(expected))):
-                if steps is not None and i >= steps:
-                    break
-                if batch[0].ndim == 0 or len(batch[0]) == 0:
-                    continue
-                for array, shape in zip(batch, expected):
-                    if not np.all(np.isfinite(array)):
-                        raise ValueError("Calibration data contains NaN or infinite values.")
-                    if len(array.shape[1:]) != len(shape) or any(e is not None and e != r for e, r in zip(shape, array.shape[1:])):
-                        raise ValueError(f"Calibration data has sample shape {tuple(array.shape[1:])}, the model expects {shape}.")
-                step([tf.constant(a) for a in batch] if len(batch) > 1 else tf.constant(batch[0]))
-                seen += len(batch[0])
-        if seen == 0:
-            raise ValueError("Calibration data is empty: the data yielded no samples.")
+        passes = 2 if clipped else 1
+        _observe_pass(model, x, streaming, batch_size, steps, verbose, f"Calibration pass 1/{passes}: ranges")
+        if clipped:
+            collector = HistogramCollector()
+            for obs, _, state in clipped:
+                collector.track(state, obs.bins)
+            _observe_pass(model, x, collector, batch_size, steps, verbose, "Calibration pass 2/2: histograms")
+            for obs, quantizer, state in clipped:
+                lo, hi = float(state["min"].numpy()), float(state["max"].numpy())
+                if hi > lo:
+                    lo, hi = obs.choose_range(collector.histogram(state), lo, hi, quantizer.bits)
+                    state["min"].assign(lo)
+                    state["max"].assign(hi)
     except BaseException:
         for state, values in zip(states, saved):
             for key, variable in state.items():
@@ -560,15 +699,23 @@ def calibrate(
     return model
 
 
-def observer_states(layer) -> list[dict]:
-    """The observer statistics (``min``/``max``/``count`` dicts) of a kerasq layer's quantizers."""
+def observed_tensors(layer) -> list[tuple]:
+    """``(quantizer, statistics)`` of each range a kerasq layer observes (``min``/``max``/``count`` dicts)."""
     if isinstance(layer, QuantizeInput):
-        candidates = [layer._vars]
+        candidates = [(layer.quantizer, layer._vars)]
     elif isinstance(layer, QuantizedLayer):
-        candidates = [layer._pre_activation_vars, layer._activation_vars]
+        candidates = [
+            (layer.pre_activation_quantizer, layer._pre_activation_vars),
+            (layer.activation_quantizer, layer._activation_vars),
+        ]
     else:
         candidates = []
-    return [state for state in candidates if "count" in state]
+    return [(quantizer, state) for quantizer, state in candidates if "count" in state]
+
+
+def observer_states(layer) -> list[dict]:
+    """The observer statistics (``min``/``max``/``count`` dicts) of a kerasq layer's quantizers."""
+    return [state for _, state in observed_tensors(layer)]
 
 
 @contextlib.contextmanager

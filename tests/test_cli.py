@@ -107,11 +107,13 @@ def test_export_saved_models(trained_float_cnn, digits, tmp_path, capsys):
     # A quantized model exports as trained; a float one needs calibration data (PTQ).
     assert main(["export", str(qat_path), "--out", str(tmp_path / "qat.tflite")]) == 0
     assert main(["export", str(float_path), "--out", str(tmp_path / "ptq.tflite"), "--dataset", "digits"]) == 0
+    methods = ["--method", "kl", "--equalize", "--bias_correction", "empirical"]
+    assert main(["export", str(float_path), "--out", str(tmp_path / "kl.tflite"), "--dataset", "digits", *methods]) == 0
     assert main(["export", str(float_path), "--out", str(tmp_path / "none.tflite")]) == 2
     assert "representative_data" in capsys.readouterr().err
     assert not (tmp_path / "none.tflite").exists()
     _, (x_test, y_test) = digits
-    for name in ("qat.tflite", "ptq.tflite"):
+    for name in ("qat.tflite", "ptq.tflite", "kl.tflite"):
         blob = (tmp_path / name).read_bytes()
         assert tflite_export.inspect(blob).is_integer_only
         assert tflite_export.evaluate(blob, x_test, y_test) > 0.85

@@ -5,7 +5,7 @@ quantized (``weight_quantizer``) and how its output is (``activation_quantizer``
 small serializable objects, reachable by a short name for the CLI:
 
     >>> get_scheme("int8")
-    Linear(weight_bits=8, activation_bits=8, symmetric=True, per_channel=True, narrow_range=True)
+    Linear(weight_bits=8, activation_bits=8, symmetric=True, per_channel=True, narrow_range=True, stored_scale=False, learned_rounding=False, calibrated_caps=False)
 
 Scheme classes of the low-bit methods live in modules named after them (``kerasq.pact``,
 ``kerasq.binary``, ...) and register themselves with ``kerasq.registry.register("scheme")``;
@@ -25,6 +25,7 @@ from kerasq.quantizers import (
     FixedRangeQuantizer,
     LinearWeightQuantizer,
     MovingAverageQuantizer,
+    StoredScaleWeightQuantizer,
     WeightQuantizer,
 )
 from kerasq.registry import ConfigEquality, get, names, register
@@ -89,6 +90,15 @@ class Linear(Scheme):
       symmetric: symmetric weights (zero point 0).
       per_channel: one weight scale per output channel (depthwise: per ``in·multiplier`` channel).
       narrow_range: drop code ``-2^(b-1)``; defaults to ``symmetric``.
+      stored_scale: symmetric weights on a scale kept as a variable
+        (``StoredScaleWeightQuantizer``) instead of one recomputed from ``max|w|`` at every
+        step; post-training quantization sets it (MSE clipping) and, with ``learned_rounding``,
+        each weight's rounding direction (AdaRound).
+      learned_rounding: with ``stored_scale``, store a rounding decision per weight.
+      calibrated_caps: a capped ReLU's output (ReLU6) gets a range observed from data, which
+        stays inside the cap, instead of the fixed ``[0, cap]``: finer steps where activations
+        never reach the cap, as post-training calibration measures them. The cap is still the
+        fused activation's, and the grid's end enforces it.
     """
 
     def __init__(
@@ -98,6 +108,9 @@ class Linear(Scheme):
         symmetric: bool = True,
         per_channel: bool = True,
         narrow_range: bool | None = None,
+        stored_scale: bool = False,
+        learned_rounding: bool = False,
+        calibrated_caps: bool = False,
     ):
         for arg, bits in (("weight_bits", weight_bits), ("activation_bits", activation_bits)):
             if not 2 <= int(bits) <= 8:
@@ -107,14 +120,29 @@ class Linear(Scheme):
         self.symmetric = bool(symmetric)
         self.per_channel = bool(per_channel)
         self.narrow_range = self.symmetric if narrow_range is None else bool(narrow_range)
+        if stored_scale and not self.symmetric:
+            raise ValueError("stored_scale quantizes weights symmetrically; it needs symmetric=True.")
+        if learned_rounding and not stored_scale:
+            raise ValueError("learned_rounding is a property of stored-scale weights; it needs stored_scale=True.")
+        self.stored_scale = bool(stored_scale)
+        self.learned_rounding = bool(learned_rounding)
+        self.calibrated_caps = bool(calibrated_caps)
 
     def weight_quantizer(self, layer, weight):
+        channel_axes = weight.channel_axes if self.per_channel else ()
+        if self.stored_scale:
+            return StoredScaleWeightQuantizer(self.weight_bits, self.narrow_range, channel_axes, self.learned_rounding)
         return LinearWeightQuantizer(
             self.weight_bits,
             symmetric=self.symmetric,
             narrow_range=self.narrow_range,
-            channel_axes=weight.channel_axes if self.per_channel else (),
+            channel_axes=channel_axes,
         )
+
+    def activation_quantizer(self, layer, activation):
+        if self.calibrated_caps and activation.fusable:
+            return MovingAverageQuantizer(self.activation_bits)
+        return super().activation_quantizer(layer, activation)
 
     def get_config(self):
         return {
@@ -123,6 +151,9 @@ class Linear(Scheme):
             "symmetric": self.symmetric,
             "per_channel": self.per_channel,
             "narrow_range": self.narrow_range,
+            "stored_scale": self.stored_scale,
+            "learned_rounding": self.learned_rounding,
+            "calibrated_caps": self.calibrated_caps,
         }
 
 
