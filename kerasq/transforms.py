@@ -571,7 +571,7 @@ def batches(data, batch_size: int, count: int) -> Iterator[list[np.ndarray]]:
         yield _as_inputs(batch, count)
 
 
-def _is_one_shot(data) -> bool:
+def is_one_shot(data) -> bool:
     """An iterator (a generator, ``iter(...)``) yields its batches once."""
     return not isinstance(data, (np.ndarray, tf.Tensor, list, tuple)) and not callable(data) and iter(data) is data
 
@@ -662,7 +662,7 @@ def calibrate(
         )
     tensors = [(chosen.get(layer.name, default), quantizer, state) for layer in layers for quantizer, state in observed_tensors(layer)]
     clipped = [(obs, quantizer, state) for obs, quantizer, state in tensors if isinstance(obs, HistogramObserver)]
-    if clipped and _is_one_shot(x):
+    if clipped and is_one_shot(x):
         raise ValueError(
             f"Calibration with {type(clipped[0][0]).__name__} reads the data twice (a min/max pass, then a histogram "
             "pass), and an iterator yields its batches once: pass an array, a tf.data.Dataset, a list of batches "

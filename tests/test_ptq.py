@@ -326,5 +326,7 @@ def test_bad_options_are_named():
         kerasq.ptq.quantize(model, x, scheme="pact", adaround=True, verbose=0)
     with pytest.raises(ValueError, match="layers without observed ranges"):
         kerasq.ptq.quantize(model, x, layer_methods={"nope": "kl"}, verbose=0)
+    with pytest.raises(ValueError, match="read the calibration data again"):
+        kerasq.ptq.quantize(model, iter([x]), equalize=True, verbose=0)
     with pytest.raises(ValueError, match="already quantized"):
         kerasq.ptq.quantize(kerasq.quantize_model(model), x, verbose=0)

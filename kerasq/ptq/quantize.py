@@ -30,7 +30,7 @@ from kerasq.ptq.bias_correction import BIAS_CORRECTION, correct_bias
 from kerasq.ptq.equalization import equalize as equalize_layers
 from kerasq.quantizers import StoredScaleWeightQuantizer
 from kerasq.schemes.base import Linear, Scheme, get_scheme
-from kerasq.transforms import build_float, calibrate, fold_affine_layers, quantize_model, quantized_layers
+from kerasq.transforms import build_float, calibrate, fold_affine_layers, is_one_shot, quantize_model, quantized_layers
 
 __all__ = ["METHODS", "WEIGHT_METHODS", "quantize"]
 
@@ -136,6 +136,13 @@ def quantize(
     if weight_method not in WEIGHT_METHODS:
         raise ValueError(f"weight_method must be one of {WEIGHT_METHODS}. Received: {weight_method!r}")
     scheme = _ptq_scheme(get_scheme(scheme), stored_scale=weight_method == "mse" or adaround, learned_rounding=adaround)
+    rereads = equalize or adaround or bias_correction == "empirical"
+    if rereads and is_one_shot(calibration_data):
+        raise ValueError(
+            "Equalization, AdaRound and empirical bias correction read the calibration data again after "
+            "calibration, and an iterator yields its batches once: pass an array, a tf.data.Dataset, a list of "
+            "batches or a callable that returns a fresh iterator."
+        )
 
     if equalize:
         float_model, statistics = equalize_layers(model, calibration_data, batch_size=batch_size, return_statistics=True)
