@@ -188,11 +188,17 @@ def _split_separable(layer) -> list[tuple[keras.layers.Layer, list[np.ndarray]]]
     return [(depthwise, weights[:1]), (pointwise, weights[1:])]
 
 
+def batch_norm_params(layer, channels: int) -> dict[str, np.ndarray]:
+    """A BatchNormalization's ``gamma``, ``beta``, ``moving_mean``, ``moving_variance`` (float64
+    ``[channels]``; ``gamma`` 1 and ``beta`` 0 when the layer has no scale or no center)."""
+    params = {w.name.split("/")[-1].split(":")[0]: w.numpy().astype(np.float64) for w in layer.weights}
+    return {"gamma": np.ones(channels), "beta": np.zeros(channels), **params}
+
+
 def _batch_norm_affine(layer, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """Inference-mode batch norm: ``a = γ/sqrt(var + ε)``, ``c = β - μ·a``."""
-    params = {w.name.split("/")[-1].split(":")[0]: w.numpy().astype(np.float64) for w in layer.weights}
-    gamma = params.get("gamma", np.ones(channels))
-    beta = params.get("beta", np.zeros(channels))
+    params = batch_norm_params(layer, channels)
+    gamma, beta = params["gamma"], params["beta"]
     a = gamma / np.sqrt(params["moving_variance"] + layer.epsilon)
     return a, beta - params["moving_mean"] * a
 

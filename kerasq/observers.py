@@ -238,7 +238,7 @@ class HistogramCollector(Observer):
 
     def update(self, x, state):
         if _key(state) not in self._histograms:
-            return
+            return  # a tensor whose method needs no histogram
         counts, zeros = self._histograms[_key(state)]
         values = tf.reshape(tf.convert_to_tensor(x, tf.float32), [-1])
         limit = tf.maximum(tf.maximum(tf.abs(state["min"]), tf.abs(state["max"])), 1e-30)
@@ -255,13 +255,13 @@ class HistogramCollector(Observer):
 class ObserverByTensor(Observer):
     """Routes each tensor's statistics to its own observer (per-layer calibration methods).
 
-    ``observers`` maps a statistics dict's ``min`` variable (``.ref()``) to the observer of that
-    tensor; tensors not in it use ``default``.
+    ``observers``: ``(statistics, observer)`` pairs, a tensor's statistics dict (as its quantizer
+    built it) with the observer it uses; tensors not among them use ``default``.
     """
 
-    def __init__(self, default: Observer, observers: dict | None = None):
+    def __init__(self, default: Observer, observers: list[tuple[dict, Observer]] = ()):
         self.default = default
-        self.observers = dict(observers or {})
+        self.observers = {_key(state): observer for state, observer in observers}
 
     def update(self, x, state):
         self.observers.get(_key(state), self.default).update(x, state)

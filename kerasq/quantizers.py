@@ -228,7 +228,11 @@ class StoredScaleWeightQuantizer(WeightQuantizer):
 
     def initialize(self, w, weights):
         qmax = ops.signed_range(self.bits, self.narrow_range)[1]
-        scale = ops.symmetric_scale(ops.max_abs(tf.convert_to_tensor(w), self.channel_axes), qmax)
+        self.set_scale(w, weights, ops.symmetric_scale(ops.max_abs(tf.convert_to_tensor(w), self.channel_axes), qmax))
+
+    def set_scale(self, w, weights, scale) -> None:
+        """Store ``scale`` (broadcastable onto ``w``) and round every weight to nearest on it."""
+        scale = tf.reshape(tf.convert_to_tensor(scale, tf.float32), weights["scale"].shape)
         weights["scale"].assign(scale)
         if self.learned_rounding:
             ratio = ops.exact_divide(w, scale)

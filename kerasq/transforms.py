@@ -21,7 +21,7 @@ from kerasq import ops
 from kerasq.activations import ActivationSpec
 from kerasq.compat import keras, tf
 from kerasq.graph import LayerGraph, Node
-from kerasq.layer_table import GRID_KEEPING_ROLES, rule_for, supported_layer_names, unsupported_reason
+from kerasq.layer_table import GRID_KEEPING_ROLES, batch_norm_params, rule_for, supported_layer_names, unsupported_reason
 from kerasq.layers import OnInputGrid, QuantizedLayer, QuantizeInput, Requantize, kerasq_layers
 from kerasq.model import QuantizedModel, quantization_mode
 from kerasq.observers import HistogramCollector, HistogramObserver, MinMaxObserver, ObserverByTensor, get_observer
@@ -176,9 +176,8 @@ def fold_affine_layers(model: keras.Model) -> FoldedGraph:
     moments = {}
     for node in graph.nodes:
         if isinstance(node.layer, keras.layers.BatchNormalization):
-            channels = int(node.layer.input_shape[-1])
-            params = {w.name.split("/")[-1].split(":")[0]: w.numpy().astype(np.float64) for w in node.layer.weights}
-            moments[node.name] = (node.inbound[0], params.get("beta", np.zeros(channels)), np.abs(params.get("gamma", np.ones(channels))))
+            params = batch_norm_params(node.layer, int(node.layer.input_shape[-1]))
+            moments[node.name] = (node.inbound[0], params["beta"], np.abs(params["gamma"]))
     _split_layers(graph, weights)
     factors, _ = _fold_affines(graph, weights)
     for name, factor in factors.items():
@@ -549,9 +548,14 @@ def _as_inputs(batch, count: int) -> list[np.ndarray]:
     return [np.asarray(b, np.float32) for b in batch]
 
 
+NO_SAMPLES = "Calibration data is empty: the data yielded no samples."
+
+
 def batches(data, batch_size: int, count: int) -> Iterator[list[np.ndarray]]:
     """Float32 batches (one array per model input, ``count`` inputs) from arrays ``[N, ...]``, an
-    iterable of batches (a ``tf.data.Dataset``; ``(x, y)`` tuples give ``x``) or a callable returning one."""
+    iterable of batches (a ``tf.data.Dataset``; ``(x, y)`` tuples give ``x``) or a callable returning one.
+
+    Batches without samples are skipped; a consumer that sees none raises ``NO_SAMPLES``."""
     arrays = None
     if count == 1 and isinstance(data, (np.ndarray, tf.Tensor)):
         arrays = [np.asarray(data, np.float32)]
@@ -568,7 +572,9 @@ def batches(data, batch_size: int, count: int) -> Iterator[list[np.ndarray]]:
     if callable(data):
         data = data()
     for batch in data:
-        yield _as_inputs(batch, count)
+        batch = _as_inputs(batch, count)
+        if batch[0].ndim > 0 and len(batch[0]) > 0:
+            yield batch
 
 
 def is_one_shot(data) -> bool:
@@ -584,8 +590,8 @@ def _check_batch(batch: list[np.ndarray], expected: list[tuple]) -> None:
             raise ValueError(f"Calibration data has sample shape {tuple(array.shape[1:])}, the model expects {shape}.")
 
 
-def _observe_pass(model, x, observer, batch_size: int, steps: int | None, verbose: int, title: str) -> int:
-    """Run ``model`` over ``x`` in inference mode with ``observer`` on and rounding off; returns the samples seen."""
+def _observe_pass(model, x, observer, batch_size: int, steps: int | None, verbose: int, title: str) -> None:
+    """Run ``model`` over ``x`` in inference mode with ``observer`` on and rounding off."""
     expected = [tuple(int(d) if d is not None else None for d in t.shape[1:]) for t in model.inputs]
     total = None
     if isinstance(x, (np.ndarray, tf.Tensor)) and np.ndim(x) > 0:
@@ -600,16 +606,13 @@ def _observe_pass(model, x, observer, batch_size: int, steps: int | None, verbos
         for i, batch in enumerate(batches(x, batch_size, len(expected))):
             if steps is not None and i >= steps:
                 break
-            if batch[0].ndim == 0 or len(batch[0]) == 0:
-                continue
             _check_batch(batch, expected)
             step([tf.constant(a) for a in batch] if len(batch) > 1 else tf.constant(batch[0]))
             seen += len(batch[0])
             if progress is not None:
                 progress.update(i + 1)
     if seen == 0:
-        raise ValueError("Calibration data is empty: the data yielded no samples.")
-    return seen
+        raise ValueError(NO_SAMPLES)
 
 
 def calibrate(
@@ -674,8 +677,7 @@ def calibrate(
         for variable in state.values():
             variable.assign(tf.zeros_like(variable))
     streaming = ObserverByTensor(
-        MinMaxObserver(),
-        {state["min"].ref(): obs for obs, _, state in tensors if not isinstance(obs, HistogramObserver)},
+        MinMaxObserver(), [(state, obs) for obs, _, state in tensors if not isinstance(obs, HistogramObserver)]
     )
     try:
         passes = 2 if clipped else 1

@@ -92,6 +92,7 @@ def _round_layer(
     scale = tf.convert_to_tensor(variables["scale"])
     ratio = ops.exact_divide(kernel, scale)
     floor = tf.floor(ratio)
+    nearest_rounding = tf.round(ratio) - floor
     v = tf.Variable(_initial_v((ratio - floor).numpy()))
     reconstruct = _Reconstruction(layer)
 
@@ -122,7 +123,7 @@ def _round_layer(
     @tf.function(reduce_retracing=True)
     def errors(x, learned):
         target = reconstruct(x, kernel)
-        return _error(target, reconstruct(x, rounded(tf.round(ratio) - floor))), _error(target, reconstruct(x, rounded(learned)))
+        return _error(target, reconstruct(x, rounded(nearest_rounding))), _error(target, reconstruct(x, rounded(learned)))
 
     learned = tf.cast(v >= 0.0, tf.float32)  # h(V) >= 1/2
     nearest_total, learned_total = 0.0, 0.0
@@ -133,7 +134,7 @@ def _round_layer(
         learned_total += float(b) * len(chunk)
     nearest, learned_error = nearest_total / len(inputs), learned_total / len(inputs)
     kept = learned_error < nearest
-    variables["rounding"].assign(learned if kept else tf.round(ratio) - floor)
+    variables["rounding"].assign(learned if kept else nearest_rounding)
     return AdaRoundResult(nearest, learned_error, kept)
 
 

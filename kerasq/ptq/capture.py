@@ -14,7 +14,7 @@ import numpy as np
 from kerasq.compat import keras, tf
 from kerasq.layers import QuantizedLayer
 from kerasq.model import quantization_mode
-from kerasq.transforms import batches
+from kerasq.transforms import NO_SAMPLES, batches
 
 
 class LayerInputs:
@@ -38,14 +38,12 @@ class LayerInputs:
         for batch in batches(data, batch_size, len(model.inputs)):
             if max_samples is not None and seen >= max_samples:
                 break
-            if len(batch[0]) == 0:
-                continue
             if max_samples is not None:
                 batch = [array[: max_samples - seen] for array in batch]
             self.batches.append(batch)
             seen += len(batch[0])
         if not self.batches:
-            raise ValueError("Calibration data is empty: the data yielded no samples.")
+            raise ValueError(NO_SAMPLES)
         probe = keras.Model(model.inputs, [layer.input for layer in layers])
         self._run = tf.function(lambda inputs: probe(inputs, training=False), reduce_retracing=True)
 

@@ -37,7 +37,7 @@ from kerasq.activations import ActivationSpec
 from kerasq.compat import keras
 from kerasq.graph import LayerGraph, Node
 from kerasq.layer_table import rule_for
-from kerasq.transforms import FoldedGraph, batches, build_float, fold_affine_layers
+from kerasq.transforms import NO_SAMPLES, FoldedGraph, batches, build_float, fold_affine_layers
 
 __all__ = ["equalize", "equalization_pairs"]
 
@@ -128,9 +128,14 @@ def _depthwise(layer) -> bool:
     return isinstance(layer, keras.layers.DepthwiseConv2D)
 
 
+def _output_view(layer, kernel: np.ndarray) -> np.ndarray:
+    """The kernel with output channels on its last axis (a depthwise kernel's channel ``i·m + k``)."""
+    return kernel.reshape(*kernel.shape[:2], -1) if _depthwise(layer) else kernel
+
+
 def _output_ranges(layer, kernel: np.ndarray) -> np.ndarray:
-    """``max|W|`` per output channel (a depthwise kernel's channel ``i·m + k``)."""
-    view = kernel.reshape(*kernel.shape[:2], -1) if _depthwise(layer) else kernel
+    """``max|W|`` per output channel."""
+    view = _output_view(layer, kernel)
     return np.abs(view).reshape(-1, view.shape[-1]).max(axis=0)
 
 
@@ -152,15 +157,13 @@ def _scale_inputs(layer, kernel: np.ndarray, factor: np.ndarray) -> np.ndarray:
 
 def _scale_outputs(layer, weights: list[np.ndarray], factor: np.ndarray) -> None:
     kernel = weights[0]
-    view = kernel.reshape(*kernel.shape[:2], -1) if _depthwise(layer) else kernel
-    weights[0] = (view * factor).reshape(kernel.shape).astype(np.float32)
+    weights[0] = (_output_view(layer, kernel) * factor).reshape(kernel.shape).astype(np.float32)
     if getattr(layer, "use_bias", False):
         weights[1] = (weights[1] * factor).astype(np.float32)
 
 
 def _channels(layer, weights) -> int:
-    kernel = weights[0]
-    return int(np.prod(kernel.shape[2:])) if _depthwise(layer) else int(kernel.shape[-1])
+    return int(_output_view(layer, weights[0]).shape[-1])
 
 
 def _equalize_pairs(folded: FoldedGraph, pairs: list[EqualizationPair], sweeps: int, tolerance: float) -> dict[str, np.ndarray]:
@@ -230,7 +233,7 @@ def _observed_floors(folded: FoldedGraph, names: list[str], data, batch_size: in
             low = np.min(np.asarray(value).reshape(-1, value.shape[-1]), axis=0)
             floors[name] = low if name not in floors else np.minimum(floors[name], low)
     if not floors:
-        raise ValueError("Calibration data is empty: the data yielded no samples.")
+        raise ValueError(NO_SAMPLES)
     return floors
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import numpy as np
 
 from kerasq import clipping
 from kerasq.compat import keras
@@ -63,13 +62,9 @@ def _clip_weights(model: keras.Model) -> None:
         quantizer = layer.weight_quantizer
         if not isinstance(quantizer, StoredScaleWeightQuantizer):
             continue
-        variables = layer.weight_quantizer_variables
         kernel = layer.kernel.numpy()
         scale = clipping.mse_weight_scale(kernel, quantizer.bits, quantizer.channel_axes, quantizer.narrow_range)
-        variables["scale"].assign(np.reshape(scale, variables["scale"].shape).astype(np.float32))
-        if quantizer.learned_rounding:
-            ratio = kernel / variables["scale"].numpy()
-            variables["rounding"].assign((np.round(ratio) - np.floor(ratio)).astype(np.float32))
+        quantizer.set_scale(kernel, layer.weight_quantizer_variables, scale)
 
 
 def _check_method(name: str, value) -> None:
