@@ -1,10 +1,12 @@
-"""The ``kerasq`` command line: demo, export, inspect, eval, bench.
+"""The ``kerasq`` command line: demo, export, inspect, eval, bench, verify, debug.
 
     kerasq demo [--dataset digits|mnist|fashion_mnist] [--data_dir DIR] [--out DIR] [--scheme int8] [--verbose]
     kerasq export MODEL.keras --out FILE.tflite [--dataset NAME --data_dir DIR]   # PTQ for float models
     kerasq inspect FILE.tflite [--json]
     kerasq eval FILE.tflite [--dataset NAME --data_dir DIR]
-    kerasq bench FILE.tflite [--threads 1 2] [--runs 200] [--warmup 20]
+    kerasq bench FILE.tflite [--threads 1 2] [--runs 200] [--warmup 20] [--android [--benchmark_binary PATH]]
+    kerasq verify FILE.tflite [--dataset NAME --data_dir DIR] [--samples N]   # exit 1 if > 1 LSB apart
+    kerasq debug QAT.keras FILE.tflite [--dataset NAME] [--model_explorer OUT.json]  # exit 1 at a difference
 
 Data directories default to ``$KERASQ_DATA``. Exit status 2 with one line on stderr for bad
 input (missing file, corrupt .tflite, unknown scheme, an output path that is the input);
@@ -59,6 +61,25 @@ examples:
 examples:
   kerasq bench kerasq_out/int8.tflite
   kerasq bench model.tflite --threads 1 2 --runs 500
+  kerasq bench model.tflite --android --benchmark_binary android_aarch64_benchmark_model   # on a phone (adb)
+""",
+    "verify": """\
+examples:
+  kerasq verify kerasq_out/int8.tflite                                # 256 digits test images
+  kerasq verify model.tflite --dataset mnist --data_dir ../shared/data --samples 1000
+
+Runs the same int8 inputs through LiteRT XNNPACK, LiteRT BUILTIN_REF (the baseline), TFLite
+Micro and the numpy reference; prints differences in output LSBs and TFLite Micro's smallest
+tensor arena. Exit status 0 if every available runtime is within --max_lsb (1) of BUILTIN_REF, else 1.
+""",
+    "debug": """\
+examples:
+  kerasq debug qat.keras qat.tflite                                   # 256 digits test images
+  kerasq debug qat.keras qat.tflite --dataset mnist --data_dir ../shared/data --model_explorer sqnr.json
+
+For each layer: SQNR and max error between the Keras model and the file's tensor (LiteRT with
+every intermediate tensor kept), and the error the layer adds on the file's own inputs. Exit
+status 0 if no layer adds a difference above --tolerance LSB, else 1 (the table names it).
 """,
 }
 
@@ -113,6 +134,32 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, nargs="+", default=[1])
     bench.add_argument("--runs", type=int, default=200)
     bench.add_argument("--warmup", type=int, default=20)
+    bench.add_argument("--android", action="store_true",
+                       help="time it on an attached Android device (adb) with LiteRT's benchmark_model instead")
+    bench.add_argument("--benchmark_binary", metavar="PATH",
+                       help="with --android: the Android benchmark_model binary to push (else the one on the device)")
+    bench.add_argument("--serial", help="with --android: the device serial, when several are attached")
+
+    verify = command("verify", "run a .tflite on LiteRT (XNNPACK and reference kernels), TFLite Micro and the "
+                               "numpy reference and compare their outputs in LSBs")
+    verify.add_argument("file")
+    data_args(verify)
+    verify.add_argument("--samples", type=int, default=256, help="test images to run (default: 256)")
+    verify.add_argument("--max_lsb", type=float, default=1.0,
+                        help="output codes a runtime may differ from the reference kernels by (default: 1)")
+
+    debug = command("debug", "per-layer SQNR and max error between a quantized Keras model and its .tflite, and "
+                             "the layer where a difference first appears")
+    debug.add_argument("model", help="the kerasq-quantized Keras model (.keras) the file was exported from")
+    debug.add_argument("file", help="the .tflite file")
+    data_args(debug)
+    debug.add_argument("--samples", type=int, default=256, help="test images to run (default: 256)")
+    debug.add_argument("--runtime", choices=["reference", "optimized"], default="reference",
+                       help="LiteRT kernels: reference (BUILTIN_REF, default) or optimized (no XNNPACK)")
+    debug.add_argument("--tolerance", type=float, default=None,
+                       help="LSB a layer may add (default: 0 for reference, 1 for optimized)")
+    debug.add_argument("--model_explorer", metavar="OUT.json",
+                       help="also write per-tensor SQNR as Model Explorer node data")
     return parser
 
 
@@ -175,26 +222,76 @@ def _eval(args) -> None:
 def _bench(args) -> None:
     import tflite_export
 
+    if args.android:
+        from tflite_export.android import benchmark_on_device
+
+        for threads in args.threads:
+            figures = benchmark_on_device(args.file, serial=args.serial, benchmark_binary=args.benchmark_binary,
+                                          num_threads=threads, runs=args.runs)
+            print(f"{args.file} on the device, {threads} thread(s): mean {figures['avg_ms']:.3f} ms")
+        return
     for threads in args.threads:
         stats = tflite_export.benchmark(args.file, num_threads=threads, warmup=args.warmup, runs=args.runs)
         print(f"{args.file}: {stats}")
 
 
+def _verify(args) -> int:
+    import tflite_export
+    from kerasq.datasets import load_dataset
+
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1. Received: {args.samples}")
+    # The file must be readable before the data set is loaded (a missing file is a one-line error).
+    tflite_export.flatbuffer.read_bytes(args.file)
+    _, (x_test, _) = load_dataset(args.dataset, args.data_dir)
+    report = tflite_export.verify(args.file, x_test[: args.samples], max_lsb=args.max_lsb)
+    print(f"{args.file} on {args.dataset} test images:")
+    print(report)
+    return 0 if report.ok() else 1
+
+
+def _debug(args) -> int:
+    import kerasq
+    import tflite_export
+    from kerasq.compat import keras
+    from kerasq.datasets import load_dataset
+
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1. Received: {args.samples}")
+    for path in (args.model, args.file):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"No file at {path!r}")
+    tflite_export.flatbuffer.read_bytes(args.file)
+    if args.model_explorer:
+        tflite_export.files.ensure_distinct(args.model_explorer, [args.model, args.file])
+    with kerasq.quantize_scope():
+        model = keras.models.load_model(args.model, compile=False)
+    _, (x_test, _) = load_dataset(args.dataset, args.data_dir)
+    tolerance = args.tolerance if args.tolerance is not None else (0.0 if args.runtime == "reference" else 1.0)
+    report = tflite_export.debug(model, args.file, x_test[: args.samples], runtime=args.runtime, tolerance_lsb=tolerance)
+    print(report)
+    if args.model_explorer:
+        print(f"wrote {report.to_model_explorer(args.model_explorer)}")
+    return 0 if report.first_divergence is None else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (0, or 2 for a usage or input error)."""
+    """Run one command; returns the exit status (0; 1 when ``verify`` finds runtimes > 1 LSB apart or
+    ``debug`` a layer that adds a difference; 2 for a usage or input error)."""
     parser = _parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
         parser.print_help(sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    handlers = {"demo": _demo, "export": _export, "inspect": _inspect, "eval": _eval, "bench": _bench}
+    handlers = {"demo": _demo, "export": _export, "inspect": _inspect, "eval": _eval, "bench": _bench,
+                "verify": _verify, "debug": _debug}
     try:
-        handlers[args.command](args)
+        status = handlers[args.command](args)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"kerasq {args.command}: error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return int(status or 0)
 
 
 if __name__ == "__main__":

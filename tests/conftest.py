@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -135,3 +136,91 @@ def fashion_mnist_or_skip():
     if not data_dir:
         pytest.skip("KERASQ_DATA is not set (a folder holding fashion-mnist/)")
     return load_dataset("fashion_mnist", data_dir)
+
+
+# --- every file the suite exports runs on every runtime ------------------------------------------
+# Each ``tflite_export.convert`` call in the suite also runs the file it returns on random input
+# codes through LiteRT's reference kernels, the numpy reference interpreter, XNNPACK and TFLite
+# Micro: the numpy reference must equal BUILTIN_REF code for code (else the exporting test
+# fails); XNNPACK's and TFLite Micro's distances are collected and printed at the end of the run.
+RUNTIME_CHECKS: list[dict] = []
+_CHECK_SAMPLES = 4
+
+
+def check_runtimes(blob: bytes) -> dict:
+    """The cross-runtime check of one exported file (see above); returns its row, and records it."""
+    import tflite_export
+    from tflite_export.reference import Interpreter
+
+    test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+    inputs = Interpreter(blob).input_details
+    rng = np.random.default_rng(len(blob))
+    codes = []
+    for spec in inputs:
+        shape = (_CHECK_SAMPLES, *spec.shape_signature[1:])
+        if np.issubdtype(spec.dtype, np.integer):
+            low, high = spec.limits
+            codes.append(rng.integers(low, high + 1, shape).astype(spec.dtype))
+        else:
+            codes.append(rng.uniform(-1, 1, shape).astype(spec.dtype))
+    row = {"test": test, "bytes": len(blob), "seconds": 0.0}
+    started = time.perf_counter()
+    try:
+        report = tflite_export.verify(blob, codes if len(codes) > 1 else codes[0], arena=False)
+    except ValueError as error:
+        if "Didn't find op" not in str(error):  # a kernel BUILTIN_REF lacks (ELU): no baseline
+            raise
+        row["skipped"] = str(error)
+        row["seconds"] = time.perf_counter() - started
+        RUNTIME_CHECKS.append(row)
+        return row
+    for name in ("numpy", "xnnpack", "micro"):
+        result = report[name]
+        # Float outputs (a DEQUANTIZE at the end) have no LSB: count differing values only.
+        worst = result.max_abs_lsb if result.max_abs_lsb is not None else int(result.differing > 0)
+        row[name] = (worst, result.differing, sum(o.total for o in result.outputs)) if result.available else result.reason
+    row["seconds"] = time.perf_counter() - started
+    RUNTIME_CHECKS.append(row)
+    numpy_result = report["numpy"]
+    assert numpy_result.available and numpy_result.differing == 0, (
+        f"numpy reference differs from BUILTIN_REF on the file exported by {test}:\n{report}"
+    )
+    return row
+
+
+@pytest.fixture(scope="session", autouse=True)
+def every_export_runs_on_every_runtime():
+    import tflite_export.convert as module
+
+    original = module.convert
+
+    def convert_and_check(*args, **kwargs):
+        blob = original(*args, **kwargs)
+        check_runtimes(blob)
+        return blob
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "convert", convert_and_check)
+        yield
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RUNTIME_CHECKS:
+        return
+    write = terminalreporter.write_line
+    checked = [row for row in RUNTIME_CHECKS if "skipped" not in row]
+    seconds = sum(row["seconds"] for row in RUNTIME_CHECKS)
+    write("")
+    write(f"Every exported file on every runtime: {len(RUNTIME_CHECKS)} files, {_CHECK_SAMPLES} random input samples "
+          f"each, {seconds:.0f} s; against LiteRT BUILTIN_REF (max LSB, output codes differing):")
+    for name in ("numpy", "xnnpack", "micro"):
+        compared = [row[name] for row in checked if isinstance(row[name], tuple)]
+        unavailable = sorted({row[name].split(":")[-1].strip()[:90] for row in checked if not isinstance(row[name], tuple)})
+        worst = max((value[0] for value in compared), default=0)
+        differing, total = sum(value[1] for value in compared), sum(value[2] for value in compared)
+        exact = sum(value[1] == 0 for value in compared)
+        write(f"  {name:8s} {len(compared)} files run, {exact} bit-exact, max {worst} LSB, {differing:,} of {total:,} codes differ"
+              + (f"; unavailable on {len(checked) - len(compared)} ({'; '.join(unavailable)})" if unavailable else ""))
+    for row in RUNTIME_CHECKS:
+        if "skipped" in row:
+            write(f"  no BUILTIN_REF baseline for {row['test']}: {row['skipped'][:120]}")

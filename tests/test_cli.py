@@ -58,11 +58,11 @@ def test_no_arguments_print_the_help_and_exit_2(capsys):
     assert main([]) == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: kerasq") and "examples:" in err
-    for command in ("demo", "export", "inspect", "eval", "bench"):
+    for command in ("demo", "export", "inspect", "eval", "bench", "verify", "debug"):
         assert command in err
 
 
-@pytest.mark.parametrize("command", ["demo", "export", "inspect", "eval", "bench"])
+@pytest.mark.parametrize("command", ["demo", "export", "inspect", "eval", "bench", "verify", "debug"])
 def test_every_command_help_says_what_it_does_with_an_example(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -117,3 +117,34 @@ def test_export_saved_models(trained_float_cnn, digits, tmp_path, capsys):
         blob = (tmp_path / name).read_bytes()
         assert tflite_export.inspect(blob).is_integer_only
         assert tflite_export.evaluate(blob, x_test, y_test) > 0.85
+
+
+def test_debug_reports_every_layer_and_names_a_broken_one(trained_float_cnn, digits, tmp_path, capsys):
+    import kerasq
+    import numpy as np
+    import tflite_export
+    from conftest import fit_qat
+
+    qat_path, file_path = tmp_path / "qat.keras", tmp_path / "qat.tflite"
+    qmodel = fit_qat(kerasq.quantize_model(trained_float_cnn), digits, epochs=1)
+    qmodel.save(qat_path)
+    blob = tflite_export.convert(qmodel)
+    file_path.write_bytes(blob)
+    overlay = tmp_path / "sqnr.json"
+    assert main(["debug", str(qat_path), str(file_path), "--samples", "64", "--model_explorer", str(overlay)]) == 0
+    out = capsys.readouterr().out
+    assert "| conv1 | conv1 |" in out and "no local difference" in out
+    assert set(json.loads(overlay.read_text())["results"]) >= {"conv1", "dw2", "pw2", "fc"}
+
+    # The same file with conv1's weight scales doubled: exit 1, and the table names conv1.
+    model, _ = tflite_export.flatbuffer.load(blob)
+    weight = next(w for w in tflite_export.inspect(blob).weights if w.op_index == 0)
+    (tensor,) = [t for t in model.subgraphs[0].tensors if tflite_export.flatbuffer.tensor_name(t) == weight.tensor.name]
+    tensor.quantization.scale = np.asarray(tensor.quantization.scale, np.float32) * 2
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(tflite_export.flatbuffer.serialize(model))
+    assert main(["debug", str(qat_path), str(broken), "--samples", "64"]) == 1
+    assert "First difference: conv1" in capsys.readouterr().out
+    assert main(["debug", str(qat_path), str(tmp_path / "missing.tflite")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kerasq debug: error:") and "\n" not in err

@@ -36,7 +36,7 @@ from kerasq.runtimes import Target, mul_delegated
 from kerasq.transposed_conv import TransposedConv2D
 from tflite_export.ir import Graph, Quantization
 
-__all__ = ["ExportError", "LOWERINGS", "Lowering", "lower", "lowers"]
+__all__ = ["ExportError", "LOWERINGS", "Lowering", "layer_tensor_names", "lower", "lowers"]
 
 _FUSED = {"linear": "NONE", "relu": "RELU"}
 _ACTIVATION_OPS = {
@@ -104,6 +104,15 @@ class Lowering:
         self.ir.outputs = [self._model_output(name) for name in self.graph.outputs]
         self.ir.inputs = [self.model_inputs[name] for name in self.graph.inputs]
         return self.ir
+
+    def layer_tensors(self) -> dict[str, str]:
+        """``{layer name: IR tensor name}``: the tensor holding each layer's output as Keras computes it.
+
+        A k-bit output is its clamped tensor, not the widened copy consumers read; a layer that
+        passes its input on (Dropout, an unrounded same-grid op) names its input's tensor.
+        """
+        held = {**self.produced, **self.model_outputs}
+        return {name: self.ir.tensors[index].name for name, (index, _) in held.items()}
 
     # --- helpers -------------------------------------------------------------------------------
     def source(self, name: str, consumer) -> Source:
@@ -235,6 +244,13 @@ class Lowering:
 def lower(model: keras.Model, *, input_type: str = "int8", output_type: str = "int8", pack_int4: bool = True) -> Graph:
     """The integer IR of a quantized model (see the module docstring)."""
     return Lowering(model, input_type, output_type, pack_int4).run()
+
+
+def layer_tensor_names(model: keras.Model) -> dict[str, str]:
+    """``{Keras layer name: name of the tensor holding its output}`` in ``convert(model)``'s file."""
+    lowering = Lowering(model, "int8", "int8", True)
+    lowering.run()
+    return lowering.layer_tensors()
 
 
 # --- weight ops -------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ __all__ = [
     "compare",
     "evaluate",
     "make_interpreter",
+    "prepare_inputs",
     "quantize_input",
     "run",
 ]
@@ -285,16 +286,31 @@ def _resize_inputs(interpreter: Interpreter, shapes: list[list[int]]) -> None:
         interpreter.allocate_tensors()
 
 
-def _run_raw(interpreter: Interpreter, x: Any, batch_size: int) -> tuple[list[np.ndarray], list[dict]]:
-    """Runs all of x; returns every output (concatenated over batches) and the output details."""
-    batch_size = _check_batch_size(batch_size)
-    details = interpreter.get_input_details()
+def prepare_inputs(x: Any, details: list[dict]) -> list[np.ndarray]:
+    """``x`` as one array per model input in the input's dtype (float values quantized), checked.
+
+    Args:
+        x: an array ``(N, *input_shape[1:])`` for a one-input model, else a list of them; float
+            values or values already in the input's dtype.
+        details: the interpreter's ``get_input_details()``.
+
+    Raises:
+        ValueError: wrong number of inputs, wrong shape or dtype, or unequal sample counts.
+    """
     arrays = [_prepare_input(xi, d) for xi, d in zip(_input_list(x, details), details)]
     count = arrays[0].shape[0]
     if any(a.shape[0] != count for a in arrays):
         raise ValueError(
             f"Every input must hold the same number of samples. Received: {[a.shape[0] for a in arrays]}"
         )
+    return arrays
+
+
+def _run_raw(interpreter: Interpreter, x: Any, batch_size: int) -> tuple[list[np.ndarray], list[dict]]:
+    """Runs all of x; returns every output (concatenated over batches) and the output details."""
+    batch_size = _check_batch_size(batch_size)
+    arrays = prepare_inputs(x, interpreter.get_input_details())
+    count = arrays[0].shape[0]
     out_details = interpreter.get_output_details()
     outputs: list[list[np.ndarray]] = [[] for _ in out_details]
     for start in range(0, count, batch_size):
