@@ -76,7 +76,8 @@ class Target:
 
     Args:
       runtime: ``"xnnpack"`` (LiteRT's default interpreter, the default) or ``"reference"``
-        (LiteRT's reference kernels and TFLite Micro).
+        (LiteRT's reference kernels; TFLite Micro differs from them only in FULLY_CONNECTED,
+        which it requantizes with two roundings: within 1 LSB there).
       pack_int4: store weight grids of at most 4 bits as packed INT4 (as ``convert`` does by
         default); ``False`` stores them as widened INT8 codes. It decides which kernel runs a
         layer, hence its rounding.

@@ -221,6 +221,9 @@ def pytest_terminal_summary(terminalreporter):
         exact = sum(value[1] == 0 for value in compared)
         write(f"  {name:8s} {len(compared)} files run, {exact} bit-exact, max {worst} LSB, {differing:,} of {total:,} codes differ"
               + (f"; unavailable on {len(checked) - len(compared)} ({'; '.join(unavailable)})" if unavailable else ""))
+        above = sorted((row[name][0], row["test"]) for row in checked if isinstance(row[name], tuple) and row[name][0] > 1)
+        for worst_lsb, test in above[::-1][:5]:
+            write(f"           {worst_lsb} LSB: {test}")
     for row in RUNTIME_CHECKS:
         if "skipped" in row:
             write(f"  no BUILTIN_REF baseline for {row['test']}: {row['skipped'][:120]}")

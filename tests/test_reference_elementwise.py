@@ -352,6 +352,21 @@ def test_softmax_every_code_in_a_row():
     assert_same(blob, [x])
 
 
+def test_a_softmax_the_reference_kernels_would_abort_on_is_refused_with_one_error():
+    """LiteRT's reference SOFTMAX aborts the process when beta·s_in·2^26 <= 1; every entry point
+    that creates a BUILTIN_REF interpreter refuses such a file first, and so does the reference."""
+    import tflite_export
+
+    blob = one_op("SOFTMAX", [T((10,), "int8", 1e-9, 0)], T((10,), "int8", 1.0 / 256, -128), beta=1.0)
+    x = np.zeros((2, 10), np.int8)
+    with pytest.raises(ValueError, match="SOFTMAX"):
+        tflite_export.verify(blob, x)
+    with pytest.raises(ValueError, match="SOFTMAX"):
+        tflite_export.run(blob, x, reference_kernels=True)
+    with pytest.raises(ValueError, match="rejected by TFLite"):
+        Interpreter(blob).run([x])
+
+
 # --- comparisons, SELECT_V2 -------------------------------------------------------------------
 @pytest.mark.parametrize("op", ["GREATER_EQUAL", "GREATER", "LESS", "LESS_EQUAL"])
 def test_comparisons(op):

@@ -33,7 +33,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from tflite_export.flatbuffer import ModelSource, read_bytes
-from tflite_export.runtime import prepare_inputs
+from tflite_export.runtime import check_reference_kernels_can_prepare, prepare_inputs
 
 __all__ = ["DebugReport", "LayerError", "debug"]
 
@@ -253,6 +253,8 @@ def debug(
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1. Received: batch_size={batch_size!r}")
     content, _ = read_bytes(model_bytes_or_path)
+    if runtime == "reference":
+        check_reference_kernels_can_prepare(content)
     interpreter = Interpreter(
         model_content=content, experimental_op_resolver_type=_RESOLVERS[runtime], experimental_preserve_all_tensors=True
     )

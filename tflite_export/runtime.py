@@ -23,12 +23,13 @@ from typing import Any
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from tflite_export.flatbuffer import ModelSource, read_bytes
+from tflite_export.flatbuffer import ModelSource, load, op_name, read_bytes
 
 __all__ = [
     "LatencyStats",
     "ParityReport",
     "benchmark",
+    "check_reference_kernels_can_prepare",
     "compare",
     "evaluate",
     "make_interpreter",
@@ -80,6 +81,8 @@ def make_interpreter(
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1. Received: num_threads={num_threads}")
     content = _load_model_bytes(model_bytes_or_path)
+    if reference_kernels:
+        check_reference_kernels_can_prepare(content)
     resolver = OpResolverType.BUILTIN_REF if reference_kernels else OpResolverType.AUTO
     interpreter = Interpreter(
         model_content=content,
@@ -88,6 +91,31 @@ def make_interpreter(
     )
     interpreter.allocate_tensors()
     return interpreter
+
+
+def check_reference_kernels_can_prepare(model_bytes: bytes) -> None:
+    """Refuses, with a ValueError, a file LiteRT's reference kernels would abort the process on.
+
+    The reference SOFTMAX checks ``beta·s_in·2^26 > 1`` with a fatal assertion (SIGABRT) when
+    the interpreter is prepared: an int8 softmax whose input scale is tiny (the nearly constant
+    logits of an untrained network) would end the Python process instead of raising.
+    """
+    model, _ = load(model_bytes)
+    graph = model.subgraphs[0]
+    for index, operator in enumerate(graph.operators or []):
+        if op_name(model, operator) != "SOFTMAX" or operator.inputs is None or len(operator.inputs) == 0:
+            continue
+        tensor = graph.tensors[operator.inputs[0]]
+        q = tensor.quantization
+        if q is None or q.scale is None or len(q.scale) != 1:
+            continue
+        beta = float(np.float32(getattr(operator.builtinOptions, "beta", 1.0)))
+        if beta * float(np.float32(q.scale[0])) * float(1 << 26) <= 1.0:
+            raise ValueError(
+                f"Operator {index} (SOFTMAX): its input scale {float(q.scale[0]):.3g} is too small for "
+                "LiteRT's reference kernels (beta·scale·2^26 <= 1 aborts the process); the logits' range is "
+                "nearly empty: train or calibrate the model on real data."
+            )
 
 
 # ----------------------------------------------------------------------------------------------
