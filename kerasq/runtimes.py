@@ -9,8 +9,11 @@ bit for bit on the codes the Keras model holds:
   XNNPACK for INT8 convolutions, fully connected layers (also INT4 with an even input depth),
   ADD, MEAN and QUANTIZE; LiteRT's built-in optimized kernels (ruy, and NEON code compiled for
   x86 through NEON_2_SSE) for INT4 convolutions and what XNNPACK refuses.
-- ``target.runtime == "reference"``: LiteRT's reference kernels (``OpResolverType.BUILTIN_REF``),
-  the arithmetic TFLite Micro also uses for these ops: gemmlowp fixed point with two roundings.
+- ``target.runtime == "reference"``: LiteRT's reference kernels (``OpResolverType.BUILTIN_REF``):
+  gemmlowp fixed point with two roundings, except FULLY_CONNECTED (one rounding of
+  ``double(acc)·M``).
+- ``target.runtime == "micro"``: TFLite Micro, the reference arithmetic with FULLY_CONNECTED
+  requantized in fixed point too (``MultiplyByQuantizedMultiplier``, two roundings).
 
 The rules were read in LiteRT 2.3's, XNNPACK's, ruy's and gemmlowp's sources and checked code by
 code against ai-edge-litert 2.3.0 on one-op models (every input code, exact ties included):
@@ -22,7 +25,9 @@ weight op, INT8     one rounding of float32 acc·s    two roundings: ties up, th
 CONV_2D INT4        two roundings, both ties up      (same as above)
 DEPTHWISE INT4      ties up; last C mod 8 channels   (same as above)
                     round the second time away
-FC INT4, odd depth  two roundings, both ties up      one rounding (REF FC is not fixed point)
+FULLY_CONNECTED     (as the weight op rows above)    one rounding of double(acc)·M (REF FC
+                                                     is not fixed point; micro: two roundings)
+FC INT4, odd depth  two roundings, both ties up      (same as the row above)
 TRANSPOSE_CONV      two roundings, ties away (XNNPACK (same)
                     does not take a batch-sized
                     output shape)
@@ -43,6 +48,8 @@ PRELU               (reference: XNNPACK does not     MultiplyByQuantizedMultipli
                     take int8 PRELU)
 ==================  ===============================  =========================================
 
+The micro target is the reference target with FULLY_CONNECTED rounded twice in fixed point.
+
 In inference the quantized layers compute a weight op's integer accumulator exactly (a float64
 convolution of the codes) and round it with ``requantize_accumulator``; ADD, MUL, MEAN and QUANTIZE
 read the codes the Keras model holds. All are reproduced bit for bit. Training steps use float32
@@ -62,7 +69,7 @@ import numpy as np
 from kerasq.compat import tf
 from kerasq.ops import exact_divide
 
-RUNTIMES = ("xnnpack", "reference")
+RUNTIMES = ("xnnpack", "reference", "micro")
 
 # Per-channel requantization of a weight op's accumulator: XNNPACK's one float32 rounding (ties to
 # even), two fixed-point roundings (ties up: ruy / NEON; second ties away: gemmlowp), one rounding
@@ -75,9 +82,9 @@ class Target:
     """The runtime a quantized model is made to match, and how low-bit weights are stored.
 
     Args:
-      runtime: ``"xnnpack"`` (LiteRT's default interpreter, the default) or ``"reference"``
-        (LiteRT's reference kernels; TFLite Micro differs from them only in FULLY_CONNECTED,
-        which it requantizes with two roundings: within 1 LSB there).
+      runtime: ``"xnnpack"`` (LiteRT's default interpreter, the default), ``"reference"``
+        (LiteRT's reference kernels) or ``"micro"`` (TFLite Micro: the reference arithmetic,
+        but FULLY_CONNECTED requantized with two fixed-point roundings).
       pack_int4: store weight grids of at most 4 bits as packed INT4 (as ``convert`` does by
         default); ``False`` stores them as widened INT8 codes. It decides which kernel runs a
         layer, hence its rounding.
@@ -91,6 +98,11 @@ class Target:
             raise ValueError(f"runtime must be one of {RUNTIMES}. Received: runtime={self.runtime!r}")
         if not isinstance(self.pack_int4, (bool, np.bool_)):
             raise ValueError(f"pack_int4 must be a bool. Received: pack_int4={self.pack_int4!r}")
+
+    @property
+    def fixed_point(self) -> bool:
+        """True for the runtimes built on TFLite's reference arithmetic (reference kernels, TFLite Micro)."""
+        return self.runtime in ("reference", "micro")
 
     def get_config(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,9 +137,11 @@ def weight_op_rounding(target: Target, op: str, storage: str, channels: int, inp
         # does not take: every runtime runs TFLite's kernel, MultiplyByQuantizedMultiplier per channel.
         modes[:] = DOUBLE_HALF_AWAY
         return modes
-    if target.runtime == "reference":
-        # reference_integer_ops: MultiplyByQuantizedMultiplier; FULLY_CONNECTED rounds double(acc)·M once.
-        modes[:] = SINGLE_DOUBLE if op == "FULLY_CONNECTED" else DOUBLE_HALF_AWAY
+    if target.fixed_point:
+        # reference_integer_ops: MultiplyByQuantizedMultiplier; LiteRT's reference FULLY_CONNECTED
+        # rounds double(acc)·M once, TFLite Micro's uses MultiplyByQuantizedMultiplier as well.
+        single = op == "FULLY_CONNECTED" and target.runtime == "reference"
+        modes[:] = SINGLE_DOUBLE if single else DOUBLE_HALF_AWAY
         return modes
     if storage == "int8" or (op == "FULLY_CONNECTED" and input_depth % 2 == 0):
         return modes  # XNNPACK: float32 acc·scale, one rounding
@@ -282,7 +296,7 @@ def add(target: Target, x_a, x_b, grid_a, grid_b, grid_out) -> tf.Tensor:
     a = _codes(x_a, grid_a.scale, 0.0)
     b = _codes(x_b, grid_b.scale, 0.0)
     reference = _add_reference(a, b, grid_a.scale, grid_b.scale, grid_out.scale, 0.0)
-    if target.runtime == "reference":
+    if target.fixed_point:
         return tf.cast(reference, tf.float32)
     xnnpack = _add_xnnpack(a, b, grid_a.scale, grid_b.scale, grid_out.scale, 0.0)
     ratios = tf.stack([exact_divide(grid_a.scale, grid_out.scale), exact_divide(grid_b.scale, grid_out.scale)])
@@ -308,7 +322,7 @@ def mul(target: Target, x_a, x_b, grid_a, grid_b, grid_out) -> tf.Tensor:
         tf.cast(grid_a.scale, tf.float64) * tf.cast(grid_b.scale, tf.float64) / tf.cast(grid_out.scale, tf.float64)
     )
     reference = _mbqm(product, m0, shift)
-    if target.runtime == "reference":
+    if target.fixed_point:
         return tf.cast(reference, tf.float32)
     scale = exact_divide(grid_a.scale * grid_b.scale, grid_out.scale)
     xnnpack = tf.round(tf.cast(product, tf.float32) * scale)
@@ -330,7 +344,7 @@ def leaky_relu(target: Target, x: tf.Tensor, grid_in, grid_out, alpha: float) ->
     m_pos, s_pos = quantize_multiplier(ratio64)
     m_neg, s_neg = quantize_multiplier(ratio64 * slope)
     reference = tf.where(d >= 0, _mbqm(d, m_pos, s_pos), _mbqm(d, m_neg, s_neg))
-    if target.runtime == "reference":
+    if target.fixed_point:
         return tf.cast(reference, tf.float32)
     ratio = exact_divide(grid_in.scale, grid_out.scale)
     negative_ratio = ratio * tf.constant(np.float32(alpha))
@@ -480,7 +494,7 @@ def requantize(target: Target, x: tf.Tensor, grid_in, grid_out) -> tf.Tensor:
     ratio = exact_divide(grid_in.scale, grid_out.scale)
     m0, shift = quantize_multiplier(tf.cast(grid_in.scale, tf.float64) / tf.cast(grid_out.scale, tf.float64))
     reference = _mbqm(q, m0, shift)
-    if target.runtime == "reference":
+    if target.fixed_point:
         return tf.cast(reference, tf.float32)
     m = tf.cast(tf.round(256.0 * ratio), tf.int64)
     xnnpack = tf.bitwise.right_shift(q * m + 128, tf.constant(8, tf.int64))

@@ -427,7 +427,7 @@ def quantize_model(
         the per-channel weight scales. ``"kernel"``: multiplied into the kernel before
         quantization (classic folding; keeps per-tensor schemes per tensor in the .tflite).
       target: the runtime whose arithmetic the Keras model reproduces (``kerasq.runtimes.Target``
-        or ``"xnnpack"`` (default) / ``"reference"``); ``kerasq.set_target`` changes it later.
+        or ``"xnnpack"`` (default) / ``"reference"`` / ``"micro"``); ``kerasq.set_target`` changes it later.
       calibration_data: optional float samples (array, or iterable of batches) to observe every
         activation range once before training (``calibrate``). Without it the ranges are first
         observed by ``fit``; until then inference leaves them unrounded (float-like outputs).

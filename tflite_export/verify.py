@@ -320,7 +320,7 @@ class VerifyReport:
                 "  XNNPACK requantizes each layer once in float32 where the reference kernels and TFLite Micro "
                 "round twice in fixed point; a 1-LSB difference in one layer can grow in the layers after it. "
                 "A kerasq model reproduces one of the two exactly: export with the target of the runtime you "
-                "deploy to (kerasq.Target('xnnpack') or kerasq.Target('reference'))."
+                "deploy to (kerasq.Target('xnnpack'), 'reference' or 'micro')."
             )
         return "\n".join(lines)
 
