@@ -141,6 +141,10 @@ def test_mobilenet_v3_small_matches_the_reference_kernels_code_for_code(fashion_
     qmodel = kerasq.quantize_model(model, target="reference", calibration_data=x_train[:256])
     blob = tflite_export.convert(qmodel)
     assert_same_codes(qmodel, blob, x_test[:64], "Logits", "reference")  # softmax fused through Flatten
+    # Layer by layer too: every one of its ~160 layers adds nothing of its own (0 LSB).
+    report = tflite_export.debug(qmodel, blob, x_test[:32])
+    assert report.first_divergence is None and len(report.layers) > 150 and not report.unmatched
+    assert all(e.max_lsb == 0 for e in report.layers), [e for e in report.layers if e.max_lsb][:3]
 
 
 @pytest.mark.slow
