@@ -30,6 +30,7 @@ from tflite_export.reference.fixed_point import (
     INT32_MIN,
     multiply_by_quantized_multiplier,
     quantize_multiplier,
+    round_half_away,
     rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
 )
@@ -38,12 +39,6 @@ from tflite_export.reference.kernels import Op, TensorSpec, kernel
 __all__ = ["exp_on_negative_values", "lookup_table", "one_over_one_plus_x_for_x_in_0_1"]
 
 _INT8_TYPES = ("int8", "uint8")
-
-
-def _round_half_away(x) -> np.ndarray:
-    """``TfLiteRound`` of float32 values (float64 keeps ``|x| + 0.5`` exact)."""
-    x = np.asarray(x, np.float64)
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
 def _check_same_type(op: Op) -> TensorSpec:
@@ -207,8 +202,8 @@ def relu(op: Op) -> None:
         raise op.unsupported(f"{src.type_name} is not computed")
     qmin, qmax = dst.limits
     s_out = np.float32(dst.single_scale)
-    lo = max(qmin, dst.single_zero_point + int(_round_half_away(np.float32(low) / s_out)))
-    hi = qmax if math.isinf(high) else min(qmax, dst.single_zero_point + int(_round_half_away(np.float32(high) / s_out)))
+    lo = max(qmin, dst.single_zero_point + int(round_half_away(np.float32(low) / s_out)))
+    hi = qmax if math.isinf(high) else min(qmax, dst.single_zero_point + int(round_half_away(np.float32(high) / s_out)))
     m0, shift = quantize_multiplier(float(np.float32(np.float32(src.single_scale) / s_out)))
     out = dst.single_zero_point + multiply_by_quantized_multiplier(x.astype(np.int64) - src.single_zero_point, m0, shift)
     op.set_output(0, np.clip(out, lo, hi))
@@ -323,7 +318,7 @@ def lookup_table(src: TensorSpec, dst: TensorSpec, function: Callable[[np.float3
     with np.errstate(over="ignore"):  # exp() beyond float32 is inf in C++ too
         for code in range(lo, hi + 1):
             x = _f32(s_in * _f32(code - src.single_zero_point))
-            rescaled = _round_half_away(_f32(function(x) * inverse_scale))
+            rescaled = round_half_away(_f32(function(x) * inverse_scale))
             table[code - lo] = int(_f32(rescaled + dst.single_zero_point))
     out_lo, out_hi = dst.limits
     return np.clip(table, out_lo, out_hi)

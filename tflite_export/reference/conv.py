@@ -33,15 +33,16 @@ from __future__ import annotations
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from tflite_export.reference.fixed_point import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, quantize_multiplier
-from tflite_export.reference.kernels import Op, TensorSpec, kernel
+from tflite_export.reference.fixed_point import (
+    INT32_MAX,
+    INT32_MIN,
+    multiply_by_quantized_multiplier,
+    quantize_multiplier,
+    round_half_away,
+)
+from tflite_export.reference.kernels import Op, TensorSpec, activation_range, kernel
 
-__all__ = [
-    "activation_range",
-    "compute_padding",
-    "multiply_by_quantized_multiplier_int64",
-    "round_half_away",
-]
+__all__ = ["compute_padding", "multiply_by_quantized_multiplier_int64"]
 
 _ACT = schema.ActivationFunctionType
 _SAME = schema.Padding.SAME
@@ -51,39 +52,6 @@ _FLOAT32_EXACT = float(2**24)
 
 
 # --- shared arithmetic -------------------------------------------------------------------------
-def round_half_away(x: np.ndarray) -> np.ndarray:
-    """C ``round`` on float64 values: nearest integer, ties away from zero (exact, no ``x + 0.5``)."""
-    x = np.asarray(x, np.float64)
-    whole = np.trunc(x)
-    # x - trunc(x) is exact in binary floating point, so the tie test is exact too.
-    return whole + np.where(np.abs(x - whole) >= 0.5, np.sign(x), 0.0)
-
-
-def _quantize_float32(value: float, scale: float, zero_point: int) -> int:
-    """``kernel_util.cc`` ``Quantize``: ``zp + (int)TfLiteRound(float(value) / float(scale))`` in float32."""
-    ratio = np.float32(value) / np.float32(scale)
-    return int(zero_point) + int(round_half_away(np.float64(ratio)))
-
-
-def activation_range(fused: int, out: TensorSpec, op: Op) -> tuple[int, int]:
-    """``CalculateActivationRangeQuantized`` (``kernel_util.cc``): the clamp of a fused activation.
-
-    The storage range ``[qmin, qmax]`` narrowed by the output codes of 0 and 6 (RELU6), 0
-    (RELU), -1 and 1 (RELU_N1_TO_1), each ``zp + round(float32(f) / float32(scale))``.
-    """
-    qmin, qmax = out.limits
-    if fused == _ACT.NONE:
-        return qmin, qmax
-    scale, zero_point = out.single_scale, out.single_zero_point
-    if fused == _ACT.RELU:
-        return max(qmin, _quantize_float32(0.0, scale, zero_point)), qmax
-    if fused == _ACT.RELU6:
-        return max(qmin, _quantize_float32(0.0, scale, zero_point)), min(qmax, _quantize_float32(6.0, scale, zero_point))
-    if fused == _ACT.RELU_N1_TO_1:
-        return max(qmin, _quantize_float32(-1.0, scale, zero_point)), min(qmax, _quantize_float32(1.0, scale, zero_point))
-    raise op.unsupported(f"fused activation {fused} is not computed on quantized tensors (TFLite refuses it too)")
-
-
 def compute_padding(size: int, kernel_size: int, stride: int, dilation: int, padding: int) -> tuple[int, int]:
     """``padding.h``: ``(output size, padding before)``; the odd extra padding goes after.
 
@@ -184,7 +152,7 @@ def _requantize_convolution(
         scaled = multiply_by_quantized_multiplier(np.clip(acc, INT32_MIN, INT32_MAX), m0, shift)
     if not sixteen:
         scaled = scaled + out.single_zero_point
-    lo, hi = activation_range(int(getattr(op.options, "fusedActivationFunction", 0) or 0), out, op)
+    lo, hi = activation_range(op, int(getattr(op.options, "fusedActivationFunction", 0) or 0), out)
     return np.clip(scaled, lo, hi)
 
 
@@ -383,7 +351,7 @@ def fully_connected(op: Op) -> None:
     effective = float(x.single_scale) * scales / float(out.single_scale)
     scaled = round_half_away(acc.astype(np.float64) * effective)
     scaled = np.clip(scaled, INT32_MIN, INT32_MAX).astype(np.int64) + out.single_zero_point
-    lo, hi = activation_range(int(getattr(op.options, "fusedActivationFunction", 0) or 0), out, op)
+    lo, hi = activation_range(op, int(getattr(op.options, "fusedActivationFunction", 0) or 0), out)
     y = np.clip(scaled, lo, hi)
     keep = bool(getattr(op.options, "keepNumDims", False))
     y = y.reshape(*values.shape[:-1], units) if keep else y.reshape(-1, units)

@@ -36,15 +36,12 @@ from tflite_export.reference import activations  # noqa: F401  (registers the ac
 from tflite_export.reference.fixed_point import (
     multiply_by_quantized_multiplier,
     quantize_multiplier,
+    round_half_away,
     rounding_divide_by_pot,
 )
-from tflite_export.reference.kernels import Op, TensorSpec, kernel
+from tflite_export.reference.kernels import Op, TensorSpec, activation_range, kernel
 
-__all__ = [
-    "activation_range",
-    "checked_log2",
-    "round_half_away",
-]
+__all__ = ["checked_log2"]
 
 # schema ActivationFunctionType values.
 _NONE, _RELU, _RELU_N1_TO_1, _RELU6 = 0, 1, 2, 3
@@ -52,36 +49,6 @@ _QUANTIZED_TYPES = ("int8", "uint8", "int16")
 
 
 # --- shared helpers ---------------------------------------------------------------------------
-def round_half_away(x) -> np.ndarray:
-    """``TfLiteRound`` / ``std::round`` of float32 values: to nearest, ties away from zero.
-
-    Done in float64, where ``|x| + 0.5`` is exact for every float32 ``x`` below 2^29 (float32
-    addition would round 0.49999997 + 0.5 up to 1).
-    """
-    x = np.asarray(x, np.float64)
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
-
-
-def _quantize_value(value: float, spec: TensorSpec) -> int:
-    """``zero_point + (int)TfLiteRound(f / scale)`` in float32 (``kernel_util.cc`` ``Quantize``)."""
-    ratio = np.float32(value) / np.float32(spec.single_scale)
-    return spec.single_zero_point + int(round_half_away(ratio))
-
-
-def activation_range(op: Op, activation: int, spec: TensorSpec) -> tuple[int, int]:
-    """``CalculateActivationRangeQuantized`` (``kernel_util.cc``): the fused activation's code range."""
-    qmin, qmax = spec.limits
-    if activation == _NONE:
-        return qmin, qmax
-    if activation == _RELU:
-        return max(qmin, _quantize_value(0.0, spec)), qmax
-    if activation == _RELU6:
-        return max(qmin, _quantize_value(0.0, spec)), min(qmax, _quantize_value(6.0, spec))
-    if activation == _RELU_N1_TO_1:
-        return max(qmin, _quantize_value(-1.0, spec)), min(qmax, _quantize_value(1.0, spec))
-    raise op.unsupported(f"fused activation {activation} on a quantized output is not computed")
-
-
 def _float_activation(op: Op, activation: int, x: np.ndarray) -> np.ndarray:
     """``CalculateActivationRange`` + ``ActivationFunctionWithMinMax`` for float and int32 outputs."""
     if activation == _NONE:

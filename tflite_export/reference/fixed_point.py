@@ -20,12 +20,24 @@ __all__ = [
     "INT32_MIN",
     "multiply_by_quantized_multiplier",
     "quantize_multiplier",
+    "round_half_away",
     "rounding_divide_by_pot",
     "saturating_rounding_doubling_high_mul",
 ]
 
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
+
+
+def round_half_away(x) -> np.ndarray:
+    """C ``round`` / ``TfLiteRound``: nearest integer, ties away from zero, on float64 values.
+
+    ``x - trunc(x)`` is exact in binary floating point, so the tie test is exact for every
+    value (adding 0.5 first would round 0.49999997 up, in float32).
+    """
+    x = np.asarray(x, np.float64)
+    whole = np.trunc(x)
+    return whole + np.where(np.abs(x - whole) >= 0.5, np.sign(x), 0.0)
 
 
 def quantize_multiplier(real: float) -> tuple[int, int]:

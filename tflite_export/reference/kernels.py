@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+from ai_edge_litert import schema_py_generated as schema
 
-__all__ = ["KERNELS", "Op", "TensorSpec", "UnsupportedOperatorError", "kernel"]
+from tflite_export.reference.fixed_point import round_half_away
+
+__all__ = ["KERNELS", "Op", "TensorSpec", "UnsupportedOperatorError", "activation_range", "kernel"]
 
 KERNELS: dict[str, Callable[["Op"], None]] = {}
 
@@ -114,3 +117,30 @@ class Op:
 
     def unsupported(self, what: str) -> UnsupportedOperatorError:
         return UnsupportedOperatorError(f"Operator {self.index} ({self.name}): {what}")
+
+
+_ACT = schema.ActivationFunctionType
+
+
+def _quantized_value(value: float, spec: TensorSpec) -> int:
+    """``kernel_util.cc`` ``Quantize``: ``zp + (int)TfLiteRound(float(value) / float(scale))`` in float32."""
+    ratio = np.float32(value) / np.float32(spec.single_scale)
+    return spec.single_zero_point + int(round_half_away(np.float64(ratio)))
+
+
+def activation_range(op: Op, fused: int, out: TensorSpec) -> tuple[int, int]:
+    """``CalculateActivationRangeQuantized`` (``kernel_util.cc``): the clamp of a fused activation.
+
+    The storage range ``[qmin, qmax]`` narrowed by the output codes of 0 and 6 (RELU6), 0
+    (RELU), -1 and 1 (RELU_N1_TO_1), each ``zp + round(float32(f) / float32(scale))``.
+    """
+    qmin, qmax = out.limits
+    if fused == _ACT.NONE:
+        return qmin, qmax
+    if fused == _ACT.RELU:
+        return max(qmin, _quantized_value(0.0, out)), qmax
+    if fused == _ACT.RELU6:
+        return max(qmin, _quantized_value(0.0, out)), min(qmax, _quantized_value(6.0, out))
+    if fused == _ACT.RELU_N1_TO_1:
+        return max(qmin, _quantized_value(-1.0, out)), min(qmax, _quantized_value(1.0, out))
+    raise op.unsupported(f"fused activation {fused} is not computed on quantized tensors (TFLite refuses it too)")

@@ -25,9 +25,10 @@ from __future__ import annotations
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from tflite_export.reference.conv import activation_range, compute_padding, round_half_away
+from tflite_export.reference.conv import compute_padding
+from tflite_export.reference.fixed_point import round_half_away
 from tflite_export.reference.fixed_point import multiply_by_quantized_multiplier, quantize_multiplier
-from tflite_export.reference.kernels import Op, kernel
+from tflite_export.reference.kernels import Op, activation_range, kernel
 
 __all__ = ["mean_multiplier"]
 
@@ -286,7 +287,7 @@ def average_pool_2d(op: Op) -> None:
     if np.any(count == 0):
         raise op.unsupported("a pooling window lies entirely in the padding (LiteRT fails on it)")
     level = np.sign(total) * ((np.abs(total) + count // 2) // count)
-    lo, hi = activation_range(int(_options(op, "fusedActivationFunction", 0)), op.outputs[0], op)
+    lo, hi = activation_range(op, int(_options(op, "fusedActivationFunction", 0)), op.outputs[0])
     op.set_output(0, np.clip(level, lo, hi))
 
 
@@ -300,5 +301,5 @@ def max_pool_2d(op: Op) -> None:
     result = views[0]
     for view in views[1:]:
         result = np.maximum(result, view)
-    lo, hi = activation_range(int(_options(op, "fusedActivationFunction", 0)), op.outputs[0], op)
+    lo, hi = activation_range(op, int(_options(op, "fusedActivationFunction", 0)), op.outputs[0])
     op.set_output(0, np.clip(result.astype(np.int64), lo, hi))
