@@ -33,7 +33,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from tflite_export.flatbuffer import ModelSource, read_bytes
-from tflite_export.runtime import check_reference_kernels_can_prepare, prepare_inputs
+from tflite_export.runtime import _per_tensor_quantization, check_reference_kernels_can_prepare, prepare_inputs
 
 __all__ = ["DebugReport", "LayerError", "debug"]
 
@@ -178,15 +178,17 @@ def _tensor_indices(interpreter: Interpreter) -> dict[str, dict]:
 
 
 def _dequantized(value: np.ndarray, detail: dict) -> np.ndarray:
-    q = detail["quantization_parameters"]
-    if not np.issubdtype(value.dtype, np.integer) or len(q["scales"]) != 1:
+    """Real values of a tensor in float64 (per-tensor codes dequantized; other tensors as they are)."""
+    quant = _per_tensor_quantization(detail)
+    if quant is None or not np.issubdtype(value.dtype, np.integer):
         return value.astype(np.float64)
-    return (value.astype(np.float64) - float(q["zero_points"][0])) * float(q["scales"][0])
+    scale, zero_point = quant
+    return (value.astype(np.float64) - zero_point) * scale
 
 
 def _tensor_scale(detail: dict, fallback: float) -> float:
-    scales = detail["quantization_parameters"]["scales"]
-    return float(scales[0]) if len(scales) == 1 else fallback
+    quant = _per_tensor_quantization(detail)
+    return quant[0] if quant is not None else fallback
 
 
 def _first_divergence(layers: list[LayerError], inbound: dict[str, list[str]], tolerance_lsb: float) -> str | None:
