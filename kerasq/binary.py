@@ -35,7 +35,7 @@ import numpy as np
 from kerasq import ops
 from kerasq.compat import keras, tf
 from kerasq.activations import ActivationSpec
-from kerasq.observers import MovingAverageObserver
+from kerasq.observers import MovingAverageObserver, global_mean, state_variable
 from kerasq.quantizers import (
     ActivationQuantizer,
     WeightGrid,
@@ -299,7 +299,8 @@ class SignActivationQuantizer(ActivationQuantizer):
     ``y = β · sign(x̂)`` with ``sign(0) = +1``. After a ReLU (``after_relu=True``) the input is
     ``>= 0`` and ``sign`` would be constant, so ``y = +β`` where ``x̂ > 0`` and ``-β`` where
     ``x̂ = 0``: the sign of the pre-ReLU value (zero sent to ``-1``).
-    ``β``: in training ``β̂ ← d·β̂ + (1-d)·mean|x̂|`` (the first batch initialises it); at
+    ``β``: in training ``β̂ ← d·β̂ + (1-d)·mean|x̂|`` (the first batch initialises it; under a
+    ``tf.distribute`` strategy the mean is over the global batch, ``observers.global_mean``); at
     inference ``β̂`` is a constant. XNOR-Net computes ``β`` per position from the input at run
     time (``K = A * k``); a run-time scale per position cannot be carried by an int8 tensor of
     ±1 codes with one static scale, so the deployable integer-only form uses the static ``β̂``.
@@ -339,7 +340,7 @@ class SignActivationQuantizer(ActivationQuantizer):
     def build(self, tensor_shape, name, layer):
         variables = self.observer.build(layer, name)
         if self.scaled:
-            variables["beta"] = layer.add_weight(f"{name}_beta", shape=(), initializer="zeros", trainable=False)
+            variables["beta"] = state_variable(layer, f"{name}_beta", ())
         return variables
 
     def range(self, weights):
@@ -353,7 +354,7 @@ class SignActivationQuantizer(ActivationQuantizer):
     def observe(self, x, weights, observer=None):
         (observer or self.observer).update(x, weights)
         if self.scaled:
-            batch = tf.reduce_mean(tf.abs(self._x_hat(x, weights)))
+            batch = global_mean(tf.abs(self._x_hat(x, weights)))  # over every replica's slice
             first = tf.equal(weights["count"], 1)  # the range observer counted this batch already
             weights["beta"].assign(tf.where(first, batch, self.decay * weights["beta"] + (1 - self.decay) * batch))
 

@@ -9,8 +9,10 @@
     kerasq debug QAT.keras FILE.tflite [--dataset NAME] [--model_explorer OUT.json]  # exit 1 at a difference
 
 Data directories default to ``$KERASQ_DATA``. Exit status 2 with one line on stderr for bad
-input (missing file, corrupt .tflite, unknown scheme, an output path that is the input);
-``kerasq`` alone prints the help and exits with 2.
+input (a missing, unreadable or corrupt file, a folder or FIFO where a file belongs, an
+unwritable output, unknown scheme, an output path that is the input); an unexpected failure
+prints one line and exits with 1. ``--debug`` (anywhere on the line) shows the traceback
+instead. ``kerasq`` alone prints the help and exits with 2.
 """
 
 from __future__ import annotations
@@ -88,11 +90,18 @@ def _parser() -> argparse.ArgumentParser:
     from kerasq.schemes import available_schemes
 
     formatter = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog="kerasq", description=_DESCRIPTION, formatter_class=formatter)
+    # --debug is accepted before or after the command; SUPPRESS keeps a sub-command's default
+    # from overwriting a --debug given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the Python traceback of an error instead of one line")
+    parser = argparse.ArgumentParser(prog="kerasq", description=_DESCRIPTION, formatter_class=formatter,
+                                     parents=[common])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, epilog=_EXAMPLES[name], formatter_class=formatter)
+        return sub.add_parser(name, help=help, description=help, epilog=_EXAMPLES[name], formatter_class=formatter,
+                              parents=[common])
 
     def data_args(p, default="digits"):
         p.add_argument("--dataset", default=default, choices=["digits", "mnist", "fashion_mnist"],
@@ -181,9 +190,7 @@ def _export(args) -> None:
     if not os.path.exists(args.model):
         raise FileNotFoundError(f"No model at {args.model!r}")
     tflite_export.files.ensure_distinct(args.out, [args.model])
-    folder = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"Cannot write {args.out!r}: the folder {folder!r} does not exist.")
+    tflite_export.files.check_output_file(args.out)
     with quantize_scope():
         model = keras.models.load_model(args.model, compile=False)
     data = None
@@ -264,6 +271,7 @@ def _debug(args) -> int:
     tflite_export.flatbuffer.read_bytes(args.file)
     if args.model_explorer:
         tflite_export.files.ensure_distinct(args.model_explorer, [args.model, args.file])
+        tflite_export.files.check_output_file(args.model_explorer)
     with kerasq.quantize_scope():
         model = keras.models.load_model(args.model, compile=False)
     _, (x_test, _) = load_dataset(args.dataset, args.data_dir)
@@ -275,22 +283,43 @@ def _debug(args) -> int:
     return 0 if report.first_divergence is None else 1
 
 
+# Errors that describe the user's input or environment (bad data, files, folders, permissions,
+# full disks): one line and exit status 2.
+USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (0; 1 when ``verify`` finds runtimes > 1 LSB apart or
-    ``debug`` a layer that adds a difference; 2 for a usage or input error)."""
+    """Run one command; returns the exit status (0; 1 when ``verify`` finds runtimes > 1 LSB apart,
+    ``debug`` a layer that adds a difference, or on an unexpected failure; 2 for a usage or input
+    error, 130 on Ctrl-C). With ``--debug`` an error raises with its traceback instead."""
     parser = _parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
         parser.print_help(sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
     handlers = {"demo": _demo, "export": _export, "inspect": _inspect, "eval": _eval, "bench": _bench,
                 "verify": _verify, "debug": _debug}
     try:
         status = handlers[args.command](args)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
-        print(f"kerasq {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print(f"kerasq {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - every failure becomes one line unless --debug
+        if getattr(args, "debug", False):
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        if isinstance(error, USER_ERRORS):
+            print(f"kerasq {args.command}: error: {message}", file=sys.stderr)
+            return 2
+        print(f"kerasq {args.command}: unexpected error ({type(error).__name__}): {message} "
+              "(run again with --debug for the traceback)", file=sys.stderr)
+        return 1
     return int(status or 0)
 
 

@@ -19,8 +19,10 @@ from typing import Callable
 import kerasq
 import tflite_export
 from kerasq.compat import keras, tf
-from kerasq.datasets import load_dataset
+from kerasq.datasets import IDX_DATASETS, load_dataset
 from kerasq.models import demo_cnn
+
+OUTPUT_FILES = ("float.tflite", "int8.tflite", "report.md")
 
 # Per data set: float epochs, QAT epochs, width (digits is 1.8k images, MNIST 60k).
 DEFAULTS = {"digits": (30, 5, 16), "mnist": (3, 1, 16), "fashion_mnist": (5, 2, 16)}
@@ -131,6 +133,9 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo and write ``float.tflite``, ``int8.tflite`` and ``report.md`` into ``out``.
 
+    ``out`` is checked (created if missing, must be a writable folder, not inside ``data_dir``)
+    before training starts; the three files are written as one set at the end.
+
     ``verbose`` prints Keras' log line for every epoch instead of one progress bar per phase.
     """
     if dataset not in DEFAULTS:
@@ -138,6 +143,13 @@ def run_demo(
     default_epochs, default_qat_epochs, width = DEFAULTS[dataset]
     epochs = default_epochs if epochs is None else epochs
     qat_epochs = default_qat_epochs if qat_epochs is None else qat_epochs
+    # The output folder is checked before minutes of training, not after.
+    if data_dir is not None and dataset != "digits":
+        # The data folder itself, or anything inside the folder the IDX files are read from.
+        if os.path.realpath(out) == os.path.realpath(data_dir):
+            raise ValueError(f"The output folder {out!r} is the data folder {data_dir!r}; choose another --out.")
+        tflite_export.files.ensure_distinct(out, [os.path.join(data_dir, sub) for sub in IDX_DATASETS[dataset]])
+    tflite_export.files.check_output_folder(out, OUTPUT_FILES)
     start = time.perf_counter()
     log(f"[1/6] loading {dataset}")
     (x_train, y_train), (x_test, y_test) = load_dataset(dataset, data_dir)
@@ -188,14 +200,13 @@ def run_demo(
         per_channel_ops=len(report.per_channel_ops),
         seconds=time.perf_counter() - start,
     )
-    os.makedirs(out, exist_ok=True)
-    tflite_export.save(float_bytes, os.path.join(out, "float.tflite"))
-    tflite_export.save(int8_bytes, os.path.join(out, "int8.tflite"))
     markdown = (
         f"# kerasq demo: {dataset}, scheme {scheme}\n\n{result.table()}\n\n"
         f"Run time {result.seconds:.0f} s. Integer model:\n\n```\n{report}\n```\n"
     )
-    tflite_export.save(markdown.encode(), os.path.join(out, "report.md"))
+    # One set: a failure while writing leaves the previous run's three files as they were.
+    contents = dict(zip(OUTPUT_FILES, (float_bytes, int8_bytes, markdown.encode())))
+    tflite_export.files.save_all({os.path.join(out, name): data for name, data in contents.items()})
     log("")
     log(result.table())
     log(f"\nwrote {out}/float.tflite, {out}/int8.tflite, {out}/report.md in {result.seconds:.0f} s")

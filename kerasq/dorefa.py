@@ -171,12 +171,10 @@ class DoReFaWeightQuantizer(WeightQuantizer):
     """
 
     def __init__(self, bits: int = 4, channel_axes: tuple[int, ...] = ()):
-        if not 2 <= int(bits) <= 7:
-            raise ValueError(
-                f"DoReFa weight bits must be in [2, 7] (the odd codes ±(2^k-1) must fit int8). Received: bits={bits}"
-            )
+        # The odd codes ±(2^k-1) must fit int8.
+        bits = ops.integer_in_range("bits", bits, 2, 7)
         super().__init__(channel_axes)
-        self.bits = int(bits)
+        self.bits = bits
 
     def __call__(self, inputs, training, weights, **kwargs):
         codes, scale = dorefa_weight_codes(inputs, self.bits, self.channel_axes)
@@ -225,12 +223,8 @@ class DoReFaActivationQuantizer(ActivationQuantizer):
     """
 
     def __init__(self, bits: int = 4, gradient_bits: int | None = None, seed: int | None = None):
-        if not 2 <= int(bits) <= 8:
-            raise ValueError(f"DoReFa activation bits must be in [2, 8]. Received: bits={bits}")
-        if gradient_bits is not None and not 1 <= int(gradient_bits) <= 16:
-            raise ValueError(f"gradient_bits must be in [1, 16] or None. Received: gradient_bits={gradient_bits}")
-        self.bits = int(bits)
-        self.gradient_bits = None if gradient_bits is None else int(gradient_bits)
+        self.bits = ops.integer_in_range("bits", bits, 2, 8)
+        self.gradient_bits = None if gradient_bits is None else ops.integer_in_range("gradient_bits", gradient_bits, 1, 16)
         self.seed = None if seed is None else int(seed)
 
     def range(self, weights):

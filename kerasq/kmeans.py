@@ -29,6 +29,7 @@ import numpy as np
 
 from kerasq import ops
 from kerasq.compat import tf
+from kerasq.observers import state_variable
 from kerasq.quantizers import WeightGrid, WeightQuantizer
 from kerasq.registry import register
 from kerasq.schemes.base import Scheme
@@ -39,12 +40,8 @@ _CODE_MAX = 127
 
 
 def _check_clusters(clusters: int) -> int:
-    if int(clusters) != clusters or not 2 <= clusters <= 255:
-        raise ValueError(
-            "clusters must be an integer in [2, 255] (distinct codes of a symmetric int8 grid). "
-            f"Received: clusters={clusters}"
-        )
-    return int(clusters)
+    # At most the distinct codes of a symmetric int8 grid.
+    return ops.integer_in_range("clusters", clusters, 2, 255)
 
 
 def kmeans_1d(values: np.ndarray, clusters: int) -> tuple[np.ndarray, np.ndarray]:
@@ -144,9 +141,7 @@ class KMeansQuantizer(WeightQuantizer):
             "codebook": layer.add_weight(
                 f"{name}_codebook", shape=(self.clusters,), initializer="zeros", trainable=True
             ),
-            "assignments": layer.add_weight(
-                f"{name}_assignments", shape=tensor_shape, dtype=tf.int32, initializer="zeros", trainable=False
-            ),
+            "assignments": state_variable(layer, f"{name}_assignments", tensor_shape, dtype=tf.int32),
         }
 
     def initialize(self, w, weights) -> None:

@@ -38,12 +38,16 @@ class QuantizedModel(keras.Model):
     Build it with ``kerasq.quantize_model``; it saves and loads like any Keras model (inside
     ``kerasq.quantize_scope()`` for .h5 and SavedModel files) and links itself again on load.
     ``target`` (keyword): a ``Target``, runtime name or config; default ``Target()`` (XNNPACK).
+    ``rescaled_inputs`` (keyword): names of the inputs the float model scaled with a Rescaling
+    or Normalization layer (folded into the first layer), so raw pixel values are expected there.
     """
 
     def __init__(self, inputs, outputs, name=None, trainable=True, **kwargs):
         target = kwargs.pop("target", None)
+        rescaled_inputs = tuple(kwargs.pop("rescaled_inputs", ()))
         super().__init__(inputs=inputs, outputs=outputs, name=name, trainable=trainable, **kwargs)
         object.__setattr__(self, "_target", get_target(target))
+        object.__setattr__(self, "rescaled_inputs", rescaled_inputs)
         link(self)
 
     @property
@@ -52,14 +56,16 @@ class QuantizedModel(keras.Model):
         return self._target
 
     def get_config(self):
-        return {**super().get_config(), "target": self._target.get_config()}
+        return {**super().get_config(), "target": self._target.get_config(), "rescaled_inputs": list(self.rescaled_inputs)}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         target = config.pop("target", None)
+        rescaled_inputs = tuple(config.pop("rescaled_inputs", ()))
         model = super().from_config(config, custom_objects)
         set_target(model, target)
+        object.__setattr__(model, "rescaled_inputs", rescaled_inputs)
         return model
 
 

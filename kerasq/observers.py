@@ -28,6 +28,18 @@ itself is math in ``kerasq.clipping``:
   quantized distribution is closest in KL divergence to the 2048-bin histogram of ``|x|``;
 - ``ACIQObserver(distribution="laplace")``: Banner et al. 2019's analytic clip,
   ``2.83b, 3.89b, 5.03b`` for 2, 3, 4 bits on Laplace(μ, b) data.
+
+Distributed training (``tf.distribute``): every statistic a quantizer folds in during a forward
+pass is a statistic of the *global* batch. Under ``MirroredStrategy`` or
+``MultiWorkerMirroredStrategy`` each replica runs the forward pass on its own slice of the batch,
+and a variable assigned there with ``VariableAggregation.NONE`` (Keras' default) is updated on
+that replica's copy only: the saved, exported and cross-replica value is replica 0's, so with N
+replicas (N-1)/N of the data never reaches the range. ``replica_reduce`` combines the per-replica
+statistic first (min/max by an all-gather, sums by an all-reduce), so every replica folds in the
+same single-device value; ``state_variable`` creates the state with
+``VariableAggregation.ONLY_FIRST_REPLICA``, so the write itself is one value broadcast to every
+copy. Outside a replica context (eager code, ``kerasq.calibrate``, callbacks) both are no-ops
+beyond what a plain variable does.
 """
 
 from __future__ import annotations
@@ -50,7 +62,84 @@ __all__ = [
     "ObserverByTensor",
     "PercentileObserver",
     "get_observer",
+    "global_mean",
+    "global_range",
+    "replica_reduce",
+    "state_variable",
 ]
+
+_REDUCTIONS = ("sum", "min", "max")
+
+
+def replica_reduce(value: tf.Tensor, reduction: str) -> tf.Tensor:
+    """Combine this replica's ``value`` with every other replica's, elementwise: ``"sum"``, ``"min"`` or ``"max"``.
+
+    Every quantizer state updated in a forward pass goes through it. Under a ``tf.distribute``
+    strategy each replica sees only its slice of the global batch; without the reduction a
+    replica would fold its own slice's statistic into its own copy of the state, and the value
+    that is read back, saved and exported would be replica 0's alone. With it, every replica
+    gets the statistic of the whole batch (the single-device value; sums up to float rounding,
+    since they are added in another order) and the copies stay equal.
+
+    ``"sum"`` is an all-reduce; ``"min"``/``"max"`` an all-gather (``tf.distribute.ReduceOp``
+    has no MIN/MAX) reduced locally. A replica with an empty slice contributes the neutral
+    element if ``value`` is ``reduce_min``/``reduce_max``/``reduce_sum`` of it (``+inf``,
+    ``-inf``, 0). In cross-replica context and with one replica in sync ``value`` is returned
+    unchanged.
+
+    >>> float(replica_reduce(tf.constant(3.0), "max"))  # one replica: the value itself
+    3.0
+    """
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(_REDUCTIONS)}. Received: reduction={reduction!r}")
+    value = tf.convert_to_tensor(value)
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    if reduction == "sum":
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+    gathered = context.all_gather(value[tf.newaxis], axis=0)
+    reduced = tf.reduce_min(gathered, axis=0) if reduction == "min" else tf.reduce_max(gathered, axis=0)
+    return tf.ensure_shape(reduced, value.shape)  # the gather loses the static shape
+
+
+def global_range(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(min(x), max(x))`` over the global batch: every replica's slice of ``x`` (one all-gather)."""
+    x = tf.convert_to_tensor(x, tf.float32)
+    low, negated_high = tf.unstack(replica_reduce(tf.stack([tf.reduce_min(x), -tf.reduce_max(x)]), "min"))
+    return low, -negated_high
+
+
+def global_mean(x: tf.Tensor) -> tf.Tensor:
+    """``mean(x)`` over the global batch: the sum and the count of every replica's slice (one all-reduce).
+
+    Slices of different sizes (the last batch of an epoch) weigh by their size, as one device would.
+    """
+    x = tf.convert_to_tensor(x, tf.float32)
+    total, count = tf.unstack(replica_reduce(tf.stack([tf.reduce_sum(x), tf.cast(tf.size(x), tf.float32)]), "sum"))
+    return total / count
+
+
+def state_variable(
+    layer, name: str, shape, initializer: Any = "zeros", dtype: tf.DType = tf.float32
+) -> tf.Variable:
+    """A non-trainable quantizer state variable on ``layer`` (observed ranges, scales, masks, assignments).
+
+    Created with ``VariableAggregation.ONLY_FIRST_REPLICA``: an assignment in a replica context
+    writes the first replica's value to every copy, so the copies of a mirrored variable cannot
+    drift apart (Keras' default, ``NONE``, lets each replica write its own copy). Updates made in
+    a forward pass combine their statistic with ``replica_reduce`` first, so that value is the
+    whole batch's; assignments in cross-replica context (callbacks, ``initialize``, calibration)
+    write every copy as for any mirrored variable.
+    """
+    return layer.add_weight(
+        name,
+        shape=shape,
+        dtype=dtype,
+        initializer=initializer,
+        trainable=False,
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+    )
 
 
 class Observer(ConfigEquality):
@@ -59,13 +148,17 @@ class Observer(ConfigEquality):
     def build(self, layer, name: str) -> dict[str, tf.Variable]:
         """Create the statistics on ``layer``: ``{name}_min``, ``{name}_max`` (float32), ``{name}_count`` (int32)."""
         return {
-            "min": layer.add_weight(f"{name}_min", shape=(), initializer="zeros", trainable=False),
-            "max": layer.add_weight(f"{name}_max", shape=(), initializer="zeros", trainable=False),
-            "count": layer.add_weight(f"{name}_count", shape=(), dtype=tf.int32, initializer="zeros", trainable=False),
+            "min": state_variable(layer, f"{name}_min", ()),
+            "max": state_variable(layer, f"{name}_max", ()),
+            "count": state_variable(layer, f"{name}_count", (), dtype=tf.int32),
         }
 
     def update(self, x: tf.Tensor, state: dict[str, tf.Variable]) -> None:
-        """Fold the batch ``x`` (any shape, float32) into the statistics."""
+        """Fold the batch ``x`` (any shape, float32) into the statistics.
+
+        Under a ``tf.distribute`` strategy ``x`` is this replica's slice; implementations fold in
+        the whole batch's statistic (``global_range``, ``replica_reduce``).
+        """
         raise NotImplementedError
 
     @staticmethod
@@ -103,8 +196,7 @@ class MovingAverageObserver(Observer):
         self.decay = float(decay)
 
     def update(self, x, state):
-        x = tf.convert_to_tensor(x, tf.float32)
-        batch_min, batch_max = tf.reduce_min(x), tf.reduce_max(x)
+        batch_min, batch_max = global_range(x)
         first = tf.equal(state["count"], 0)
         d = self.decay
         state["min"].assign(tf.where(first, batch_min, d * state["min"] + (1.0 - d) * batch_min))
@@ -123,8 +215,7 @@ class MinMaxObserver(Observer):
     """
 
     def update(self, x, state):
-        x = tf.convert_to_tensor(x, tf.float32)
-        batch_min, batch_max = tf.reduce_min(x), tf.reduce_max(x)
+        batch_min, batch_max = global_range(x)
         first = tf.equal(state["count"], 0)
         state["min"].assign(tf.where(first, batch_min, tf.minimum(state["min"], batch_min)))
         state["max"].assign(tf.where(first, batch_max, tf.maximum(state["max"], batch_max)))
@@ -231,9 +322,11 @@ class HistogramCollector(Observer):
         self._histograms: dict = {}
 
     def track(self, state: dict[str, tf.Variable], bins: int) -> None:
-        self._histograms[_key(state)] = (
-            tf.Variable(tf.zeros([2 * bins], tf.float64), trainable=False),
-            tf.Variable(tf.zeros([], tf.float64), trainable=False),
+        self._histograms[_key(state)] = tuple(
+            tf.Variable(
+                tf.zeros(shape, tf.float64), trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA
+            )
+            for shape in ([2 * bins], [])
         )
 
     def update(self, x, state):
@@ -243,8 +336,11 @@ class HistogramCollector(Observer):
         values = tf.reshape(tf.convert_to_tensor(x, tf.float32), [-1])
         limit = tf.maximum(tf.maximum(tf.abs(state["min"]), tf.abs(state["max"])), 1e-30)
         batch = tf.histogram_fixed_width(values, tf.stack([-limit, limit]), nbins=counts.shape[0])
-        counts.assign_add(tf.cast(batch, tf.float64))
-        zeros.assign_add(tf.reduce_sum(tf.cast(tf.equal(values, 0.0), tf.float64)))
+        batch_zeros = tf.reduce_sum(tf.cast(tf.equal(values, 0.0), tf.float64))
+        # One all-reduce for both: the counts of every replica's slice.
+        total = replica_reduce(tf.concat([tf.cast(batch, tf.float64), batch_zeros[tf.newaxis]], 0), "sum")
+        counts.assign_add(total[:-1])
+        zeros.assign_add(total[-1])
 
     def histogram(self, state: dict[str, tf.Variable]) -> clipping.Histogram:
         limit = max(abs(float(state["min"].numpy())), abs(float(state["max"].numpy())))

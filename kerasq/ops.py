@@ -14,6 +14,21 @@ import numpy as np
 from kerasq.compat import tf
 
 
+def integer_in_range(name: str, value, low: int, high: int) -> int:
+    """``value`` as an ``int`` if it is a whole number in ``[low, high]``; else ``ValueError`` naming ``name``.
+
+    Bit widths and cluster counts are counts: ``2.5`` must not silently become 2 and ``True``
+    is not 1.
+
+    >>> integer_in_range("bits", 4.0, 2, 8)
+    4
+    """
+    whole = isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer())
+    if isinstance(value, (bool, np.bool_)) or not whole or not low <= value <= high:
+        raise ValueError(f"{name} must be a whole number in [{low}, {high}]. Received: {name}={value!r}")
+    return int(value)
+
+
 def signed_range(bits: int, narrow_range: bool = False) -> tuple[int, int]:
     """Integer range of a signed ``bits``-bit code: ``[-2^(b-1), 2^(b-1)-1]``.
 
@@ -23,8 +38,7 @@ def signed_range(bits: int, narrow_range: bool = False) -> tuple[int, int]:
     >>> signed_range(2), signed_range(8, narrow_range=True)
     ((-2, 1), (-127, 127))
     """
-    if not 1 < bits <= 16:
-        raise ValueError(f"bits must be in [2, 16]. Received: bits={bits}")
+    bits = integer_in_range("bits", bits, 2, 16)
     qmax = 2 ** (bits - 1) - 1
     return (-qmax if narrow_range else -qmax - 1), qmax
 

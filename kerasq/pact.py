@@ -147,8 +147,7 @@ class PACTQuantizer(ActivationQuantizer):
     """
 
     def __init__(self, bits: int = 4, alpha_init: float = 6.0, alpha_l2: float = 1e-4, alpha_max: float | None = None):
-        if not 2 <= int(bits) <= 8:
-            raise ValueError(f"PACT activation bits must be in [2, 8]. Received: bits={bits}")
+        bits = ops.integer_in_range("bits", bits, 2, 8)
         if not float(alpha_init) >= ALPHA_MIN:
             raise ValueError(f"alpha_init must be at least {ALPHA_MIN}. Received: alpha_init={alpha_init}")
         if not float(alpha_l2) >= 0.0:
@@ -221,12 +220,9 @@ class PACT(Scheme):
     """
 
     def __init__(self, weight_bits: int = 4, activation_bits: int = 4, alpha_init: float = 6.0, alpha_l2: float = 1e-4):
-        for arg, bits in (("weight_bits", weight_bits), ("activation_bits", activation_bits)):
-            if not 2 <= int(bits) <= 8:
-                raise ValueError(f"{arg} must be in [2, 8]. Received: {arg}={bits}")
+        self.weight_bits = ops.integer_in_range("weight_bits", weight_bits, 2, 8)
+        self.activation_bits = ops.integer_in_range("activation_bits", activation_bits, 2, 8)
         PACTQuantizer(activation_bits, alpha_init, alpha_l2)  # validates alpha_init, alpha_l2
-        self.weight_bits = int(weight_bits)
-        self.activation_bits = int(activation_bits)
         self.alpha_init = float(alpha_init)
         self.alpha_l2 = float(alpha_l2)
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from kerasq import ops
 from kerasq.compat import tf
+from kerasq.observers import state_variable
 from kerasq.quantizers import WeightGrid, WeightQuantizer
 from kerasq.registry import register
 from kerasq.schemes.base import Scheme
@@ -51,12 +52,8 @@ def num_exponents(bits: int) -> int:
     >>> [num_exponents(b) for b in (2, 3, 4)]
     [1, 3, 7]
     """
-    if not 2 <= int(bits) <= 4:
-        raise ValueError(
-            "Power-of-two weights take 2 to 4 bits (5 bits would need codes up to 2^14, beyond int8). "
-            f"Received: bits={bits}"
-        )
-    return 2 ** (int(bits) - 1) - 1
+    # 5 bits would need codes up to 2^14, beyond int8.
+    return 2 ** (ops.integer_in_range("bits", bits, 2, 4) - 1) - 1
 
 
 def storage_bits(bits: int) -> int:
@@ -209,8 +206,8 @@ class PowerOfTwoQuantizer(WeightQuantizer):
 
     def build(self, tensor_shape, name, layer):
         return {
-            "mask": layer.add_weight(f"{name}_mask", shape=tensor_shape, initializer="ones", trainable=False),
-            "freeze": layer.add_weight(f"{name}_freeze", shape=(), initializer="zeros", trainable=False),
+            "mask": state_variable(layer, f"{name}_mask", tensor_shape, "ones"),
+            "freeze": state_variable(layer, f"{name}_freeze", ()),
         }
 
     def __call__(self, inputs, training, weights, **kwargs):

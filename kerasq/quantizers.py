@@ -25,7 +25,7 @@ import tensorflow_model_optimization as tfmot
 
 from kerasq import ops
 from kerasq.compat import keras, tf
-from kerasq.observers import MovingAverageObserver, Observer
+from kerasq.observers import MovingAverageObserver, Observer, state_variable
 from kerasq.registry import ConfigEquality, register
 
 
@@ -215,15 +215,9 @@ class StoredScaleWeightQuantizer(WeightQuantizer):
         return [int(d) if a in keep else 1 for a, d in enumerate(kernel_shape)]
 
     def build(self, tensor_shape, name, layer):
-        variables = {
-            "scale": layer.add_weight(
-                f"{name}_scale", shape=self.scale_shape(tensor_shape), initializer="ones", trainable=False
-            )
-        }
+        variables = {"scale": state_variable(layer, f"{name}_scale", self.scale_shape(tensor_shape), "ones")}
         if self.learned_rounding:
-            variables["rounding"] = layer.add_weight(
-                f"{name}_rounding", shape=tuple(tensor_shape), initializer="zeros", trainable=False
-            )
+            variables["rounding"] = state_variable(layer, f"{name}_rounding", tuple(tensor_shape))
         return variables
 
     def initialize(self, w, weights):
@@ -352,9 +346,7 @@ class MovingAverageQuantizer(ActivationQuantizer):
     """
 
     def __init__(self, bits: int = 8, decay: float = 0.99):
-        if isinstance(bits, bool) or int(bits) != bits or not 2 <= bits <= 8:
-            raise ValueError(f"Activation bits must be an integer in [2, 8]. Received: bits={bits}")
-        self.bits = int(bits)
+        self.bits = ops.integer_in_range("bits", bits, 2, 8)
         self.observer = MovingAverageObserver(decay)
         self.decay = self.observer.decay
 

@@ -13,7 +13,8 @@ output grid in ``QuantizedLayer`` and returns a linked ``QuantizedModel``.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Mapping, NamedTuple
+import warnings
+from typing import Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -458,6 +459,7 @@ def quantize_model(
     keep_float = {name for name, value in layer_schemes.items() if value is None}
     _check_layers(graph, keep_float)
     affine_layers = {n.name: n.layer for n in graph.nodes if _role(n.layer) == "affine"}
+    graph_inputs_of = {n.name: list(n.inbound) for n in graph.nodes}  # before folding rewires them
     weights = {n.name: n.layer.get_weights() for n in graph.nodes}
     _split_layers(graph, weights)
     bn_factors, affine_ops = _fold_affines(graph, weights)
@@ -499,7 +501,9 @@ def quantize_model(
     _share_grids(wrapped)
     graph.nodes = wrapped
     graph.outputs = [renamed.get(n, n) for n in graph.outputs]
-    qmodel = graph.build(name=f"{model.name}_quantized", model_class=QuantizedModel, target=target)
+    rescaled = tuple(n for n in graph.inputs if any(n in graph_inputs_of[name] for name in affine_layers))
+    qmodel = graph.build(name=f"{model.name}_quantized", model_class=QuantizedModel, target=target,
+                         rescaled_inputs=rescaled)
     for node in wrapped:
         inner = node.layer.layer if isinstance(node.layer, QuantizedLayer) else node.layer
         if weights.get(inner.name):
@@ -551,11 +555,37 @@ def _as_inputs(batch, count: int) -> list[np.ndarray]:
 NO_SAMPLES = "Calibration data is empty: the data yielded no samples."
 
 
-def batches(data, batch_size: int, count: int) -> Iterator[list[np.ndarray]]:
-    """Float32 batches (one array per model input, ``count`` inputs) from arrays ``[N, ...]``, an
-    iterable of batches (a ``tf.data.Dataset``; ``(x, y)`` tuples give ``x``) or a callable returning one.
+def _batched_dataset(data, batch_size: int, sample_shapes: list[tf.TensorShape]):
+    """``data.batch(batch_size)`` if ``data`` is a ``tf.data.Dataset`` of single samples, else ``data``.
+
+    A dataset made with ``from_tensor_slices(x)`` yields samples, not batches: its inputs (first
+    element of an ``(x, y)`` pair) have the model inputs' sample shapes.
+    """
+    sample_ranks = [shape.rank for shape in sample_shapes]
+    if not isinstance(data, tf.data.Dataset):
+        return data
+    spec = data.element_spec
+    paired = isinstance(spec, tuple) and len(spec) in (2, 3) and (
+        isinstance(spec[0], (tuple, list)) or len(sample_ranks) == 1 or len(spec) != len(sample_ranks)
+    )
+    if paired:
+        spec = spec[0]  # (inputs, labels[, weights])
+    specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    shapes = [s.shape for s in specs if isinstance(s, tf.TensorSpec)]
+    if len(shapes) == len(sample_shapes) and all(
+        shape.rank == expected.rank and shape.is_compatible_with(expected) for shape, expected in zip(shapes, sample_shapes)
+    ):
+        return data.batch(batch_size)
+    return data
+
+
+def batches(data, batch_size: int, inputs: Sequence) -> Iterator[list[np.ndarray]]:
+    """Float32 batches (one array per model input; ``inputs`` is ``model.inputs``) from arrays or
+    tensors ``[N, ...]``, an iterable of batches (a ``tf.data.Dataset``, batched or of single
+    samples; ``(x, y)`` tuples give ``x``) or a callable returning one.
 
     Batches without samples are skipped; a consumer that sees none raises ``NO_SAMPLES``."""
+    count = len(inputs)
     arrays = None
     if count == 1 and isinstance(data, (np.ndarray, tf.Tensor)):
         arrays = [np.asarray(data, np.float32)]
@@ -571,7 +601,7 @@ def batches(data, batch_size: int, count: int) -> Iterator[list[np.ndarray]]:
         return
     if callable(data):
         data = data()
-    for batch in data:
+    for batch in _batched_dataset(data, batch_size, [tf.TensorShape(t.shape[1:]) for t in inputs]):
         batch = _as_inputs(batch, count)
         if batch[0].ndim > 0 and len(batch[0]) > 0:
             yield batch
@@ -590,6 +620,48 @@ def _check_batch(batch: list[np.ndarray], expected: list[tuple]) -> None:
             raise ValueError(f"Calibration data has sample shape {tuple(array.shape[1:])}, the model expects {shape}.")
 
 
+# No preprocessing a network is trained with gives inputs this large; 1e30 gives an input scale of 4e27.
+MAX_PLAUSIBLE_INPUT = 1e6
+
+
+class _InputRanges:
+    """Range of each model input over the calibration data, to catch data not preprocessed as in training."""
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+        self.names = [t.name.split(":")[0] for t in model.inputs]
+        self.low = [np.inf] * len(self.names)
+        self.high = [-np.inf] * len(self.names)
+        self.whole = [True] * len(self.names)
+
+    def update(self, batch: list[np.ndarray]) -> None:
+        for i, array in enumerate(batch):
+            peak = float(np.max(np.abs(array)))
+            if peak > MAX_PLAUSIBLE_INPUT:
+                raise ValueError(
+                    f"Calibration data for input {self.names[i]!r} reaches |x| = {peak:.3g}, far beyond any network "
+                    f"input (> {MAX_PLAUSIBLE_INPUT:g}); preprocess it as in training (e.g. x / 255 for 8-bit images)."
+                )
+            self.low[i] = min(self.low[i], float(np.min(array)))
+            self.high[i] = max(self.high[i], float(np.max(array)))
+            self.whole[i] = self.whole[i] and bool(np.all(array == np.round(array)))
+
+    def warn_if_raw_pixels(self) -> None:
+        """Warn when an input looks like raw 8-bit pixels that the model does not rescale itself."""
+        rescaled = set(getattr(self.model, "rescaled_inputs", ()))
+        for name, low, high, whole in zip(self.names, self.low, self.high, self.whole):
+            if whole and low >= 0 and 2 <= high <= 255 and name not in rescaled:
+                warnings.warn(
+                    f"Calibration data for input {name!r} looks like raw 8-bit pixels (whole numbers in "
+                    f"[{low:.0f}, {high:.0f}]) and the model has no Rescaling or Normalization layer at that input. "
+                    "If it was trained on scaled pixels (x / 255, or [-1, 1]), calibrate and evaluate with the same "
+                    "scaling: the input grid is fixed from this data, and quantized accuracy would be near chance. "
+                    "Ignore this if the model was trained on values 0..255.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+
+
 def _observe_pass(model, x, observer, batch_size: int, steps: int | None, verbose: int, title: str) -> None:
     """Run ``model`` over ``x`` in inference mode with ``observer`` on and rounding off."""
     expected = [tuple(int(d) if d is not None else None for d in t.shape[1:]) for t in model.inputs]
@@ -601,18 +673,21 @@ def _observe_pass(model, x, observer, batch_size: int, steps: int | None, verbos
     if progress is not None:
         print(title)
     seen = 0
+    ranges = _InputRanges(model)
     with quantization_mode(model, observe=True, round=False, observer=observer):
         step = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
-        for i, batch in enumerate(batches(x, batch_size, len(expected))):
+        for i, batch in enumerate(batches(x, batch_size, model.inputs)):
             if steps is not None and i >= steps:
                 break
             _check_batch(batch, expected)
+            ranges.update(batch)
             step([tf.constant(a) for a in batch] if len(batch) > 1 else tf.constant(batch[0]))
             seen += len(batch[0])
             if progress is not None:
                 progress.update(i + 1)
     if seen == 0:
         raise ValueError(NO_SAMPLES)
+    return ranges
 
 
 def calibrate(
@@ -681,7 +756,7 @@ def calibrate(
     )
     try:
         passes = 2 if clipped else 1
-        _observe_pass(model, x, streaming, batch_size, steps, verbose, f"Calibration pass 1/{passes}: ranges")
+        _observe_pass(model, x, streaming, batch_size, steps, verbose, f"Calibration pass 1/{passes}: ranges").warn_if_raw_pixels()
         if clipped:
             collector = HistogramCollector()
             for obs, _, state in clipped:

@@ -352,3 +352,152 @@ def test_text_file_and_missing_path(tmp_path):
 def test_model_without_subgraph():
     with pytest.raises(InvalidModelError, match="no subgraph"):
         load(serialize(schema.ModelT(version=3)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Paths that are not regular readable files, and the memory bound
+# ----------------------------------------------------------------------------------------------
+
+
+def _finishes(function, seconds: float = 20.0):
+    """Runs ``function`` in a thread; returns its exception (or None) if it ends within ``seconds``."""
+    import threading
+
+    outcome: list = []
+
+    def target():
+        try:
+            function()
+            outcome.append(None)
+        except BaseException as error:  # noqa: BLE001  (handed back to the test)
+            outcome.append(error)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return thread.is_alive(), (outcome[0] if outcome else None)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need a POSIX system")
+def test_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "model.tflite"
+    os.mkfifo(fifo)
+    alive, error = _finishes(lambda: inspect(fifo))
+    if alive:  # unblock the reader before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert not alive, "inspect blocked on a FIFO"
+    assert isinstance(error, InvalidModelError) and "named pipe (FIFO), not a regular file" in str(error)
+
+
+def test_directory_and_device_are_refused(tmp_path):
+    with pytest.raises(InvalidModelError, match="is a directory") as info:
+        inspect(tmp_path)
+    assert str(tmp_path) in str(info.value) and "\n" not in str(info.value)
+    if os.path.exists("/dev/zero"):  # endless: it must be refused, not read
+        alive, error = _finishes(lambda: inspect("/dev/zero"))
+        assert not alive and isinstance(error, InvalidModelError) and "character device" in str(error)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads files without permission")
+def test_unreadable_file(int8_blob, tmp_path):
+    path = tmp_path / "secret.tflite"
+    path.write_bytes(int8_blob)
+    path.chmod(0)
+    try:
+        with pytest.raises(InvalidModelError, match="permission denied"):
+            inspect(path)
+    finally:
+        path.chmod(0o600)
+
+
+def test_permission_error_becomes_one_clear_message(int8_blob, tmp_path, monkeypatch):
+    path = tmp_path / "model.tflite"
+    path.write_bytes(int8_blob)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(InvalidModelError, match=r"cannot read the TFLite model file .*model.tflite: permission denied"):
+        inspect(path)
+
+
+def test_broken_link_is_not_found(tmp_path):
+    link = tmp_path / "link.tflite"
+    link.symlink_to(tmp_path / "gone.tflite")
+    with pytest.raises(FileNotFoundError, match="link.tflite"):
+        inspect(link)
+
+
+def test_file_and_bytes_larger_than_max_bytes(int8_blob, tmp_path, monkeypatch):
+    import tflite_export.flatbuffer as flatbuffer
+
+    path = tmp_path / "model.tflite"
+    path.write_bytes(int8_blob)
+    with pytest.raises(InvalidModelError, match=f"has {len(int8_blob):,} bytes.*more than max_bytes = 1,000 bytes"):
+        inspect(path, max_bytes=1000)
+    with pytest.raises(InvalidModelError, match="exceed max_bytes"):
+        inspect(int8_blob, max_bytes=1000)
+    with pytest.raises(ValueError, match="max_bytes must be an int >= 1"):
+        inspect(int8_blob, max_bytes=0)
+    # The module-level default is read at each call.
+    monkeypatch.setattr(flatbuffer, "DEFAULT_MAX_BYTES", 1000)
+    with pytest.raises(InvalidModelError, match="max_bytes"):
+        inspect(path)
+    assert inspect(path, max_bytes=1 << 20).file_size == len(int8_blob)
+
+
+def _mutated(blob: bytes, change) -> bytes:
+    model = schema.ModelT.InitFromPackedBuf(blob, 0)  # unchecked: the change may make it invalid
+    change(model)
+    return serialize(model)
+
+
+def test_huge_batch_dimension_names_tensor_and_bytes(int8_blob):
+    def huge(model):
+        graph = model.subgraphs[0]
+        conv = graph.operators[0].outputs[0]
+        graph.tensors[conv].shape = np.array([5_242_881, 6, 6, 4], np.int32)
+
+    blob = _mutated(int8_blob, huge)
+    with pytest.raises(InvalidModelError, match=r"shape \[5242881, 6, 6, 4\]\) with 754,974,864 bytes") as info:
+        inspect(blob, max_bytes=500 << 20)
+    assert "at batch size 1" in str(info.value)
+    assert inspect(blob).ops[0].name == "CONV_2D"  # under the 2 GiB default: a batch placeholder, reported
+
+
+def test_input_shape_that_its_operator_does_not_compute(int8_blob):
+    """A corrupt input height: LiteRT would compute every later tensor at that height, whatever
+    their declared shapes say, so the declared shapes must be what the operators compute."""
+    def tall(model):
+        graph = model.subgraphs[0]
+        graph.tensors[graph.inputs[0]].shape = np.array([1, 5_242_881, 8, 3], np.int32)
+
+    with pytest.raises(InvalidModelError, match=r"operator 0 \(CONV_2D\) computes an output of shape \[1, 5242879, 6, 4\]"):
+        inspect(_mutated(int8_blob, tall))
+
+
+def test_index_and_scale_errors_name_the_problem(int8_blob):
+    model_t, _ = load(int8_blob)
+    n = len(model_t.subgraphs[0].tensors)
+    codes = len(model_t.operatorCodes)
+
+    def operator_input(model):
+        op = model.subgraphs[0].operators[0]
+        op.inputs = np.array([op.inputs[0], 9999, *op.inputs[2:]], np.int32)
+
+    def nan_scale(model):
+        tensor = model.subgraphs[0].tensors[model.subgraphs[0].operators[0].inputs[1]]
+        tensor.quantization.scale = np.full(len(tensor.quantization.scale), np.nan, np.float32)
+
+    def opcode(model):
+        model.subgraphs[0].operators[1].opcodeIndex = 99
+
+    cases = [
+        (operator_input, rf"operator 0 \(CONV_2D\) input 1 is tensor 9999; the subgraph has {n} tensors"),
+        (nan_scale, r"has quantization scale nan \(scale 0 of 4\)"),
+        (opcode, f"operator 1 has operator code index 99; the model has {codes} operator codes"),
+    ]
+    for change, message in cases:
+        with pytest.raises(InvalidModelError, match=message):
+            inspect(_mutated(int8_blob, change))

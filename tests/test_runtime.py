@@ -399,3 +399,147 @@ def test_runtime_does_not_import_tensorflow():
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & {"tensorflow", "tf_keras", "keras"}
+
+
+# ----------------------------------------------------------------------------------------------
+# tf.Tensor and tf.data.Dataset inputs
+# ----------------------------------------------------------------------------------------------
+
+
+def test_tf_tensor_and_datasets_give_the_numpy_figures(tflite_bytes, digits):
+    _, (x_test, y_test) = digits
+    x, y = x_test[:100], y_test[:100]
+    expected = run(tflite_bytes, x)
+    accuracy = evaluate(tflite_bytes, x, y)
+
+    np.testing.assert_array_equal(run(tflite_bytes, tf.constant(x)), expected)
+    assert evaluate(tflite_bytes, tf.constant(x), tf.constant(y)) == accuracy
+
+    samples = tf.data.Dataset.from_tensor_slices(x)  # elements of one sample's shape
+    np.testing.assert_array_equal(run(tflite_bytes, samples, batch_size=32), expected)
+    assert evaluate(tflite_bytes, samples, y, batch_size=32) == accuracy
+    pairs = tf.data.Dataset.from_tensor_slices((x, y))  # (x, y) elements: labels from the dataset
+    assert evaluate(tflite_bytes, pairs) == accuracy
+    np.testing.assert_array_equal(run(tflite_bytes, pairs), expected)
+    batched = pairs.batch(7)  # already batched: used as it comes
+    assert evaluate(tflite_bytes, batched, batch_size=5) == accuracy
+    outputs = evaluate(tflite_bytes, batched, return_outputs=True)[1]
+    np.testing.assert_array_equal(outputs, expected)
+
+
+def test_wrong_dataset_and_tensor_shapes_are_named(tflite_bytes, digits):
+    _, (x_test, y_test) = digits
+    with pytest.raises(ValueError, match=r"expected shape \(N, 8, 8, 1\)\. Received: x.shape=\(5, 8, 8\)"):
+        run(tflite_bytes, tf.constant(x_test[:5, :, :, 0]))
+    flat = tf.data.Dataset.from_tensor_slices(x_test[:10].reshape(10, 64))
+    with pytest.raises(ValueError, match=r"x elements have shape \[64\].*samples of shape \[8, 8, 1\]"):
+        run(tflite_bytes, flat)
+    two_channels = tf.data.Dataset.from_tensor_slices(np.repeat(x_test[:10], 2, axis=-1))
+    with pytest.raises(ValueError, match=r"expected shape \(N, 8, 8, 1\)\. Received: x.shape=\(10, 8, 8, 2\)"):
+        run(tflite_bytes, two_channels)
+    with pytest.raises(ValueError, match="pass y=None"):
+        evaluate(tflite_bytes, tf.data.Dataset.from_tensor_slices((x_test[:10], y_test[:10])), y_test[:10])
+    with pytest.raises(ValueError, match="y \\(the labels\\) is required"):
+        evaluate(tflite_bytes, x_test[:10])
+
+
+def test_compare_takes_a_dataset(trained, digits):
+    model, tflite = trained
+    _, (x_test, _) = digits
+    expected = compare(model, tflite, x_test[:64])
+    assert compare(model, tflite, tf.data.Dataset.from_tensor_slices(x_test[:64])) == expected
+    assert compare(model, tflite, tf.constant(x_test[:64])) == expected
+
+
+# ----------------------------------------------------------------------------------------------
+# Hostile files and memory
+# ----------------------------------------------------------------------------------------------
+
+
+def test_run_refuses_outputs_without_one_row_per_sample():
+    """MEAN over the batch axis, the shapes after it declared to match: the reader's checks pass,
+    LiteRT returns 16 rows for any batch, and run must refuse them."""
+    from pathlib import Path
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    from tflite_export.flatbuffer import InvalidModelError, serialize
+
+    blob = (Path(__file__).parent / "hostile" / "mean_axes_batch.tflite").read_bytes()
+    model = schema.ModelT.InitFromPackedBuf(blob, 0)
+    tensors = {t.name: t for t in model.subgraphs[0].tensors}
+    tensors[b"gap"].shape, tensors[b"fc"].shape = np.array([4, 4, 32], np.int32), np.array([16, 10], np.int32)
+    tensors[b"gap"].shapeSignature = tensors[b"fc"].shapeSignature = None
+    consistent = serialize(model)
+    x = np.random.default_rng(0).uniform(0, 1, (10, 8, 8, 1)).astype(np.float32)
+    with pytest.raises(InvalidModelError, match=r"output 0 \('fc'\) has shape \[16, 10\] for a batch of 10 input rows"):
+        run(consistent, x)
+    with pytest.raises(InvalidModelError, match="one row per input row"):
+        evaluate(consistent, x, np.zeros(10, np.int64))
+
+
+def test_runtime_refuses_paths_and_oversized_tensors(tflite_bytes, tmp_path):
+    from tflite_export.flatbuffer import InvalidModelError
+
+    x = np.zeros((4, 8, 8, 1), np.float32)
+    for call in (lambda m: run(m, x), lambda m: evaluate(m, x, np.zeros(4, int)), lambda m: benchmark(m, runs=1)):
+        with pytest.raises(InvalidModelError, match="is a directory"):
+            call(tmp_path)
+    # The bound is taken at the batch size run: raising batch_size can cross it.
+    run(tflite_bytes, x, max_bytes=1 << 20)
+    with pytest.raises(InvalidModelError, match=r"at batch size 4000, more than max_bytes"):
+        run(tflite_bytes, np.zeros((4000, 8, 8, 1), np.float32), batch_size=4000, max_bytes=1 << 20)
+    with pytest.raises(InvalidModelError, match=r"at batch size 4000"):
+        benchmark(tflite_bytes, runs=1, warmup=0, batch_size=4000, max_bytes=1 << 20)
+
+
+_EVALUATE_MEMORY = r"""
+import re, sys
+import numpy as np
+import tflite_export
+
+def kib(field):
+    return int(re.search(field + r":\s+(\d+)", open("/proc/self/status").read()).group(1))
+
+x = np.random.default_rng(0).uniform(0, 1, (20000, 28, 28, 1)).astype(np.float32)
+y = np.zeros(20000, np.int64)
+tflite_export.evaluate(sys.argv[1], x[:512], y[:512])  # first allocations of the interpreter
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # peak RSS := current RSS
+before = kib("VmRSS")
+tflite_export.evaluate(sys.argv[1], x, y)
+print(kib("VmHWM") - before)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="measures peak RSS through /proc")
+def test_evaluate_memory_does_not_grow_with_the_data_set(tmp_path):
+    """20,000 float images of 28x28 (60 MiB): quantizing all of x at once took +373 MiB of peak
+    RSS; batch by batch it is the batch's few hundred kB."""
+    import subprocess
+    import sys
+
+    tf_keras.utils.set_random_seed(0)
+    model = tf_keras.Sequential([
+        tf_keras.layers.Input((28, 28, 1)),
+        tf_keras.layers.Conv2D(4, 3, strides=2, activation="relu"),
+        tf_keras.layers.GlobalAveragePooling2D(),
+        tf_keras.layers.Dense(10),
+    ])
+    samples = np.random.default_rng(0).uniform(0, 1, (32, 28, 28, 1)).astype(np.float32)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([s[None]] for s in samples)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        path = tmp_path / "cnn28.tflite"
+        path.write_bytes(converter.convert())
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", _EVALUATE_MEMORY, str(path)], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    growth_kib = int(done.stdout.split()[-1])
+    assert growth_kib < 32 * 1024, f"evaluate's peak RSS grew by {growth_kib / 1024:.1f} MiB"

@@ -27,13 +27,14 @@ from tflite_export.files import save
 from tflite_export.flatbuffer import InvalidModelError
 from tflite_export.inspect import ModelReport
 from tflite_export.lower import ExportError
-from tflite_export.runtime import LatencyStats, ParityReport, benchmark, compare, evaluate, run
+from tflite_export.runtime import LatencyStats, LiteRTError, ParityReport, benchmark, compare, evaluate, run
 
 __all__ = [
     "ExportError",
     "InvalidModelError",
     "DebugReport",
     "LatencyStats",
+    "LiteRTError",
     "ModelReport",
     "ParityReport",
     "benchmark",

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from tflite_export.flatbuffer import ModelSource, read_bytes
-from tflite_export.runtime import _per_tensor_quantization, check_reference_kernels_can_prepare, prepare_inputs
+from tflite_export.flatbuffer import ModelSource
+from tflite_export.runtime import _LITERT_ERRORS, LiteRTError, _one_line, _open_interpreter, _per_tensor_quantization, _run_batch_size, prepare_inputs
 
 __all__ = ["DebugReport", "LayerError", "debug"]
 
@@ -218,6 +218,7 @@ def debug(
     batch_size: int = 64,
     tolerance_lsb: float = 0.0,
     runtime: str = "reference",
+    max_bytes: int | None = None,
 ) -> DebugReport:
     """Per-layer SQNR and max error between a quantized Keras model and its ``.tflite`` file.
 
@@ -232,6 +233,8 @@ def debug(
             model reproduces exactly; 1 for ``runtime="optimized"``.
         runtime: ``"reference"`` (LiteRT ``BUILTIN_REF``, the default) or ``"optimized"``
             (LiteRT's built-in optimized kernels without XNNPACK).
+        max_bytes: the most memory (bytes) the file and its tensors at ``batch_size`` may take
+            (every tensor is kept; None: ``tflite_export.flatbuffer.DEFAULT_MAX_BYTES``, 2 GiB).
 
     Returns:
         :class:`DebugReport`: one :class:`LayerError` per layer the file holds, in model order.
@@ -254,11 +257,12 @@ def debug(
         )
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1. Received: batch_size={batch_size!r}")
-    content, _ = read_bytes(model_bytes_or_path)
-    if runtime == "reference":
-        check_reference_kernels_can_prepare(content)
-    interpreter = Interpreter(
-        model_content=content, experimental_op_resolver_type=_RESOLVERS[runtime], experimental_preserve_all_tensors=True
+    interpreter = _open_interpreter(
+        model_bytes_or_path,
+        batch_size=_run_batch_size(x, int(batch_size)),
+        max_bytes=max_bytes,
+        resolver=_RESOLVERS[runtime],
+        preserve_all_tensors=True,
     )
     details = _tensor_indices(interpreter)
     input_details = interpreter.get_input_details()
@@ -283,12 +287,15 @@ def debug(
         local_skipped: set[str] = set()
         for start in range(0, n, batch_size):
             batch = [v[start : start + batch_size] for v in xs]
-            for v, d in zip(codes, input_details):
-                interpreter.resize_tensor_input(d["index"], [len(v[start : start + batch_size]), *d["shape"][1:]], strict=False)
-            interpreter.allocate_tensors()
-            for v, d in zip(codes, input_details):
-                interpreter.set_tensor(d["index"], v[start : start + batch_size])
-            interpreter.invoke()
+            try:
+                for v, d in zip(codes, input_details):
+                    interpreter.resize_tensor_input(d["index"], [len(v[start : start + batch_size]), *d["shape"][1:]], strict=False)
+                interpreter.allocate_tensors()
+                for v, d in zip(codes, input_details):
+                    interpreter.set_tensor(d["index"], v[start : start + batch_size])
+                interpreter.invoke()
+            except _LITERT_ERRORS as error:
+                raise LiteRTError(f"LiteRT cannot run the model: {_one_line(error)}") from None
             file_values = {
                 node.name: _dequantized(interpreter.get_tensor(details[names[node.name]]["index"]), details[names[node.name]])
                 for node in matched

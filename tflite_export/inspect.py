@@ -266,20 +266,24 @@ def _tensor_info(model: Any, buf: bytes, index: int, tensor: Any) -> TensorInfo:
     )
 
 
-def inspect(model: Union[bytes, bytearray, str, os.PathLike]) -> ModelReport:
+def inspect(model: Union[bytes, bytearray, str, os.PathLike], *, max_bytes: int | None = None) -> ModelReport:
     """Reads a TFLite model and reports ops, tensors, quantization and weights of subgraph 0.
 
     Args:
         model: the flatbuffer bytes or a path to a `.tflite` file.
+        max_bytes: the most memory (bytes) the file, and its tensors at their declared shapes,
+            may take (None: `tflite_export.flatbuffer.DEFAULT_MAX_BYTES`, 2 GiB).
 
     Returns:
         A `ModelReport`; `print(report)` shows it as a table.
 
     Raises:
-        InvalidModelError: the input is not a TFLite flatbuffer (message names the problem).
+        InvalidModelError: the input is not a regular readable file or not a valid TFLite
+            flatbuffer (`tflite_export.flatbuffer.check_model`: an index out of range, a bad
+            scale, a wrong data size, tensors over `max_bytes`); the message names the problem.
         FileNotFoundError: a path that does not exist.
     """
-    model_t, buf = load(model)
+    model_t, buf = load(model, max_bytes=max_bytes)
     subgraph = model_t.subgraphs[0]
     sg_tensors = subgraph.tensors or []
     tensors = [_tensor_info(model_t, buf, i, t) for i, t in enumerate(sg_tensors)]
@@ -299,22 +303,31 @@ def inspect(model: Union[bytes, bytearray, str, os.PathLike]) -> ModelReport:
         if any(i >= 0 and sg_tensors[i].type in FLOAT_TYPES for i in op.inputs + op.outputs)
     ]
 
-    producer = {out: op for op in ops for out in op.outputs}
+    producer = {out: op for op in ops for out in op.outputs if out >= 0}
     weights: list[WeightInfo] = []
     for op, raw_op in zip(ops, subgraph.operators or []):
         if op.name not in WEIGHT_OPS or len(op.inputs) < 2 or op.inputs[1] < 0:
             continue
         w_index = op.inputs[1]
         source = producer.get(w_index)
-        if not tensors[w_index].is_constant and source is not None and source.name == "DEQUANTIZE":
+        if (
+            not tensors[w_index].is_constant
+            and source is not None
+            and source.name == "DEQUANTIZE"
+            and source.inputs
+            and source.inputs[0] >= 0
+        ):
             w_index = source.inputs[0]
         info = tensors[w_index]
-        codes = tensor_array(model_t, sg_tensors[w_index], buf=buf) if info.is_constant else None
+        try:
+            codes = tensor_array(model_t, sg_tensors[w_index], buf=buf) if info.is_constant else None
+        except ValueError:
+            codes = None  # a type numpy cannot hold (string, float8): listed among the tensors only
         if codes is None:
             continue  # weights computed at run time: nothing constant to report
         channels = None
         if op.name == "DEPTHWISE_CONV_2D":
-            in_shape = tensors[op.inputs[0]].shape
+            in_shape = tensors[op.inputs[0]].shape if op.inputs[0] >= 0 else ()
             channels = in_shape[-1] if in_shape and in_shape[-1] > 0 else None
             options = raw_op.builtinOptions
             multiplier = getattr(options, "depthMultiplier", 0) if options is not None else 0

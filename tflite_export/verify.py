@@ -40,13 +40,17 @@ import types as _types
 from typing import Any, Sequence
 
 import numpy as np
+from ai_edge_litert.interpreter import OpResolverType
 
-from tflite_export.flatbuffer import ModelSource, read_bytes
+from tflite_export.flatbuffer import InvalidModelError, ModelSource, load
 from tflite_export.runtime import (
     _check_batch_size,
+    _materialized,
+    _one_line,
+    _open_interpreter,
     _per_tensor_quantization,
+    _run_batch_size,
     _run_raw,
-    make_interpreter,
     prepare_inputs,
 )
 
@@ -386,28 +390,30 @@ def _compare(name: str, seconds: float, base: list[np.ndarray], details: list[di
     return RuntimeResult(name, label, "compared", outputs=agreements, seconds=seconds)
 
 
-def _one_line(error: BaseException) -> str:
-    """``Type: message`` on one line (TFLite's messages span several)."""
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
 # ----------------------------------------------------------------------------------------------
 # The runtimes
 # ----------------------------------------------------------------------------------------------
 
 
-def _run_litert(content: bytes, codes: list[np.ndarray], batch_size: int, reference_kernels: bool):
-    interpreter = make_interpreter(content, reference_kernels=reference_kernels)
+def _litert(content: bytes, batch_size: int, max_bytes: int | None, reference_kernels: bool):
+    """A LiteRT interpreter of a model checked at ``batch_size`` against ``max_bytes``."""
+    resolver = OpResolverType.BUILTIN_REF if reference_kernels else OpResolverType.AUTO
+    return _open_interpreter(content, batch_size=batch_size, max_bytes=max_bytes, resolver=resolver)
+
+
+def _run_litert(
+    content: bytes, codes: list[np.ndarray], batch_size: int, reference_kernels: bool, *, max_bytes: int | None = None
+):
+    interpreter = _litert(content, _run_batch_size(codes[0], batch_size), max_bytes, reference_kernels)
     return _run_raw(interpreter, codes if len(codes) > 1 else codes[0], batch_size)
 
 
-def _run_numpy(content: bytes, codes: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
+def _run_numpy(content: bytes, codes: list[np.ndarray], batch_size: int, max_bytes: int | None) -> list[np.ndarray]:
     try:
         from tflite_export.reference import Interpreter
     except ImportError as error:
         raise RuntimeUnavailableError(f"tflite_export.reference cannot be imported ({_one_line(error)})") from None
-    interpreter = Interpreter(content)
+    interpreter = Interpreter(content, max_bytes=max_bytes)
     chunks: list[list[np.ndarray]] = []
     count = codes[0].shape[0]
     # In batches: a convolution's intermediate arrays grow with the batch.
@@ -613,8 +619,8 @@ def _search_arena(worker: _MicroWorker, model_size: int, granularity: int, max_b
     )
 
 
-def _io_counts(content: bytes) -> tuple[int, int]:
-    interpreter = make_interpreter(content, reference_kernels=True)
+def _io_counts(content: bytes, max_bytes: int | None) -> tuple[int, int]:
+    interpreter = _litert(content, 1, max_bytes, reference_kernels=True)
     return len(interpreter.get_input_details()), len(interpreter.get_output_details())
 
 
@@ -623,6 +629,7 @@ def micro_arena_size(
     *,
     granularity: int = ARENA_GRANULARITY,
     max_bytes: int = 1 << 30,
+    max_model_bytes: int | None = None,
 ) -> ArenaSize:
     """The TFLite Micro tensor arena a model needs, found by bisection.
 
@@ -635,6 +642,8 @@ def micro_arena_size(
         model_bytes_or_path: serialized model or path of a ``.tflite`` file.
         granularity: bisection step in bytes (>= 1; default 16, TFLite Micro's alignment).
         max_bytes: give up above this arena (bytes).
+        max_model_bytes: the most memory (bytes) the file and its tensors may take on the host
+            (None: ``tflite_export.flatbuffer.DEFAULT_MAX_BYTES``, 2 GiB).
 
     Returns:
         :class:`ArenaSize`.
@@ -646,9 +655,9 @@ def micro_arena_size(
     """
     if isinstance(granularity, bool) or not isinstance(granularity, (int, np.integer)) or granularity < 1:
         raise ValueError(f"granularity must be an int >= 1. Received: granularity={granularity!r}")
-    content = read_bytes(model_bytes_or_path)[0]
+    _, content = load(model_bytes_or_path, max_bytes=max_model_bytes)
     _import_micro()
-    n_inputs, n_outputs = _io_counts(content)
+    n_inputs, n_outputs = _io_counts(content, max_model_bytes)
     with _MicroWorker(content, n_inputs, n_outputs) as worker:
         return _search_arena(worker, len(content), int(granularity), int(max_bytes))
 
@@ -690,6 +699,7 @@ def verify(
     arena: bool = True,
     batch_size: int = 256,
     max_lsb: float = 1,
+    max_bytes: int | None = None,
 ) -> VerifyReport:
     """Runs the same input codes through every runtime and counts output differences in LSBs.
 
@@ -708,32 +718,42 @@ def verify(
         arena: also find TFLite Micro's smallest tensor arena (:func:`micro_arena_size`).
         batch_size: samples per ``invoke()`` for LiteRT and per call of the numpy reference.
         max_lsb: output codes a runtime may differ by for the report's verdict (``ok()``).
+        max_bytes: the most memory (bytes) the file and its tensors at the batch size run may
+            take (None: ``tflite_export.flatbuffer.DEFAULT_MAX_BYTES``, 2 GiB).
 
     Returns:
         :class:`VerifyReport`; runtimes that are not installed or cannot run the model are in
         it as ``"unavailable"`` with the reason.
 
     Raises:
-        ValueError: not a TFLite flatbuffer, a model LiteRT's reference kernels cannot load,
-            ``x`` of the wrong shape or dtype, or an unknown runtime name.
+        InvalidModelError: (a ValueError) not a valid TFLite flatbuffer, or over ``max_bytes``.
+        ValueError: a model LiteRT's reference kernels cannot load, ``x`` of the wrong shape or
+            dtype, or an unknown runtime name.
         FileNotFoundError: the path does not exist.
     """
     names = _check_runtimes(runtimes)
     if isinstance(max_lsb, bool) or not isinstance(max_lsb, (int, float, np.integer, np.floating)) or not max_lsb >= 0:
         raise ValueError(f"max_lsb must be a number >= 0. Received: max_lsb={max_lsb!r}")
     batch_size = _check_batch_size(batch_size)
-    content = read_bytes(model_bytes_or_path)[0]
+    loading = "LiteRT cannot load the model"
     try:
-        baseline_interpreter = make_interpreter(content, reference_kernels=True)
+        _, content = load(model_bytes_or_path, max_bytes=max_bytes)
+        baseline_interpreter = _litert(content, _run_batch_size(x, batch_size), max_bytes, reference_kernels=True)
+    except InvalidModelError as error:
+        message = str(error)
+        raise InvalidModelError(message if message.startswith(loading) else f"{loading}: {message}") from None
     except (RuntimeError, ValueError) as error:
-        raise ValueError(f"LiteRT cannot load the model: {_one_line(error)}") from None
+        raise ValueError(f"{loading}: {_one_line(error)}") from None
 
     # Quantize once, so every runtime sees identical codes.
-    codes = prepare_inputs(x, baseline_interpreter.get_input_details())
+    details = baseline_interpreter.get_input_details()
+    codes = prepare_inputs(_materialized(x, details), details)
 
     start = time.perf_counter()
     try:
         base, out_details = _run_raw(baseline_interpreter, codes if len(codes) > 1 else codes[0], batch_size)
+    except InvalidModelError:
+        raise
     except (RuntimeError, ValueError) as error:
         raise ValueError(f"LiteRT's reference kernels cannot run the model: {_one_line(error)}") from None
     base_seconds = time.perf_counter() - start
@@ -759,9 +779,11 @@ def verify(
                     results.append(_compare(name, base_seconds, base, out_details, base))
                     continue
                 if name == "xnnpack":
-                    outputs, _ = _run_litert(content, codes, batch_size, reference_kernels=False)
+                    # max_bytes only when given, so _run_litert keeps its four-argument form.
+                    limit = {} if max_bytes is None else {"max_bytes": max_bytes}
+                    outputs, _ = _run_litert(content, codes, batch_size, reference_kernels=False, **limit)
                 elif name == "numpy":
-                    outputs = _run_numpy(content, codes, batch_size)
+                    outputs = _run_numpy(content, codes, batch_size, max_bytes)
                 else:
                     if micro_error is not None:
                         raise RuntimeUnavailableError(micro_error)

@@ -35,7 +35,7 @@ class LayerInputs:
         self.names = [layer.name for layer in layers]
         self.batches: list[list[np.ndarray]] = []
         seen = 0
-        for batch in batches(data, batch_size, len(model.inputs)):
+        for batch in batches(data, batch_size, model.inputs):
             if max_samples is not None and seen >= max_samples:
                 break
             if max_samples is not None:

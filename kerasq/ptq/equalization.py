@@ -226,7 +226,7 @@ def _observed_floors(folded: FoldedGraph, names: list[str], data, batch_size: in
     probe = build_float(_copy_graph(folded.graph), folded.weights, "equalization_probe")
     outputs = keras.Model(probe.inputs, [probe.get_layer(n).output for n in names])
     floors: dict[str, np.ndarray] = {}
-    for batch in batches(data, batch_size, len(probe.inputs)):
+    for batch in batches(data, batch_size, probe.inputs):
         values = outputs(batch if len(batch) > 1 else batch[0], training=False)
         values = values if isinstance(values, (list, tuple)) else [values]
         for name, value in zip(names, values):

@@ -20,6 +20,7 @@ from typing import Any
 from kerasq.compat import keras
 from kerasq.activations import ActivationSpec
 from kerasq.layer_table import WeightSpec, rule_for
+from kerasq.ops import integer_in_range
 from kerasq.quantizers import (
     ActivationQuantizer,
     FixedRangeQuantizer,
@@ -112,11 +113,8 @@ class Linear(Scheme):
         learned_rounding: bool = False,
         calibrated_caps: bool = False,
     ):
-        for arg, bits in (("weight_bits", weight_bits), ("activation_bits", activation_bits)):
-            if not 2 <= int(bits) <= 8:
-                raise ValueError(f"{arg} must be in [2, 8]. Received: {arg}={bits}")
-        self.weight_bits = int(weight_bits)
-        self.activation_bits = int(activation_bits)
+        self.weight_bits = integer_in_range("weight_bits", weight_bits, 2, 8)
+        self.activation_bits = integer_in_range("activation_bits", activation_bits, 2, 8)
         self.symmetric = bool(symmetric)
         self.per_channel = bool(per_channel)
         self.narrow_range = self.symmetric if narrow_range is None else bool(narrow_range)

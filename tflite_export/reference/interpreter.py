@@ -19,7 +19,15 @@ from typing import Any, Sequence
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from tflite_export.flatbuffer import TENSOR_TYPE_NAMES, ModelSource, load, op_name, tensor_array, tensor_name
+from tflite_export.flatbuffer import (
+    TENSOR_TYPE_NAMES,
+    ModelSource,
+    check_memory,
+    load,
+    op_name,
+    tensor_array,
+    tensor_name,
+)
 from tflite_export.reference import kernels as _kernels
 from tflite_export.reference.kernels import KERNELS, Op, TensorSpec, UnsupportedOperatorError
 
@@ -52,15 +60,19 @@ class Interpreter:
 
     Args:
         model: the serialized model (bytes-like) or the path of a ``.tflite`` file.
+        max_bytes: the most memory (bytes) the file, and its tensors at the batch size of each
+            run, may take (None: ``tflite_export.flatbuffer.DEFAULT_MAX_BYTES``, 2 GiB).
 
     Raises:
-        InvalidModelError: the input is not a TFLite flatbuffer.
+        InvalidModelError: the input is not a valid TFLite flatbuffer
+            (``tflite_export.flatbuffer.check_model``).
         UnsupportedOperatorError: an operator has no reference kernel here (named with its
             index), or a tensor type the reference does not hold.
     """
 
-    def __init__(self, model: ModelSource):
-        self._model, buf = load(model)
+    def __init__(self, model: ModelSource, *, max_bytes: int | None = None):
+        self._model, buf = load(model, max_bytes=max_bytes)
+        self._max_bytes = max_bytes
         graph = self._model.subgraphs[0]
         tensors = graph.tensors or []
         self.tensors: list[TensorSpec] = [_tensor_spec(self._model, buf, i, t) for i, t in enumerate(tensors)]
@@ -120,12 +132,18 @@ class Interpreter:
 
         Returns:
             ``{tensor index: array}`` for constants, inputs and every operator output.
+
+        Raises:
+            InvalidModelError: the tensors would exceed ``max_bytes`` at this batch size.
         """
+        arrays = self._check_inputs(inputs)
+        batch = max([int(a.shape[0]) for a in arrays if a.ndim] or [1])
+        check_memory(self._model, batch_size=max(1, batch), max_bytes=self._max_bytes)
         values: dict[int, np.ndarray] = {}
         for spec in self.tensors:
             if spec.data is not None:
                 values[spec.index] = spec.data
-        for index, array in zip(self.input_indices, self._check_inputs(inputs)):
+        for index, array in zip(self.input_indices, arrays):
             values[index] = array
         for index, name, options, ins, outs in self._ops:
             op = Op(index, name, options,
