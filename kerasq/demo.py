@@ -133,8 +133,9 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo and write ``float.tflite``, ``int8.tflite`` and ``report.md`` into ``out``.
 
-    ``out`` is checked (created if missing, must be a writable folder, not inside ``data_dir``)
-    before training starts; the three files are written as one set at the end.
+    ``out`` is checked before training starts (created if missing; it must be a writable folder,
+    neither ``data_dir`` itself nor inside the folder the IDX files are read from); the three
+    files are written as one set at the end.
 
     ``verbose`` prints Keras' log line for every epoch instead of one progress bar per phase.
     """

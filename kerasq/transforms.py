@@ -561,9 +561,9 @@ def _batched_dataset(data, batch_size: int, sample_shapes: list[tf.TensorShape])
     A dataset made with ``from_tensor_slices(x)`` yields samples, not batches: its inputs (first
     element of an ``(x, y)`` pair) have the model inputs' sample shapes.
     """
-    sample_ranks = [shape.rank for shape in sample_shapes]
     if not isinstance(data, tf.data.Dataset):
         return data
+    sample_ranks = [shape.rank for shape in sample_shapes]
     spec = data.element_spec
     paired = isinstance(spec, tuple) and len(spec) in (2, 3) and (
         isinstance(spec[0], (tuple, list)) or len(sample_ranks) == 1 or len(spec) != len(sample_ranks)
@@ -662,8 +662,8 @@ class _InputRanges:
                 )
 
 
-def _observe_pass(model, x, observer, batch_size: int, steps: int | None, verbose: int, title: str) -> None:
-    """Run ``model`` over ``x`` in inference mode with ``observer`` on and rounding off."""
+def _observe_pass(model, x, observer, batch_size: int, steps: int | None, verbose: int, title: str) -> _InputRanges:
+    """Run ``model`` over ``x`` in inference mode with ``observer`` on and rounding off; returns the input ranges seen."""
     expected = [tuple(int(d) if d is not None else None for d in t.shape[1:]) for t in model.inputs]
     total = None
     if isinstance(x, (np.ndarray, tf.Tensor)) and np.ndim(x) > 0:
