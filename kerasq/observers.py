@@ -71,6 +71,12 @@ __all__ = [
 _REDUCTIONS = ("sum", "min", "max")
 
 
+def _replicas() -> tf.distribute.ReplicaContext | None:
+    """The replica context when several replicas run in sync, else None (one device, cross-replica code)."""
+    context = tf.distribute.get_replica_context()
+    return context if context is not None and context.num_replicas_in_sync > 1 else None
+
+
 def replica_reduce(value: tf.Tensor, reduction: str) -> tf.Tensor:
     """Combine this replica's ``value`` with every other replica's, elementwise: ``"sum"``, ``"min"`` or ``"max"``.
 
@@ -93,8 +99,8 @@ def replica_reduce(value: tf.Tensor, reduction: str) -> tf.Tensor:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(_REDUCTIONS)}. Received: reduction={reduction!r}")
     value = tf.convert_to_tensor(value)
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
+    context = _replicas()
+    if context is None:
         return value
     if reduction == "sum":
         return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
@@ -106,6 +112,8 @@ def replica_reduce(value: tf.Tensor, reduction: str) -> tf.Tensor:
 def global_range(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """``(min(x), max(x))`` over the global batch: every replica's slice of ``x`` (one all-gather)."""
     x = tf.convert_to_tensor(x, tf.float32)
+    if _replicas() is None:  # one device: no stacking for the all-gather on every training step
+        return tf.reduce_min(x), tf.reduce_max(x)
     low, negated_high = tf.unstack(replica_reduce(tf.stack([tf.reduce_min(x), -tf.reduce_max(x)]), "min"))
     return low, -negated_high
 
@@ -116,6 +124,8 @@ def global_mean(x: tf.Tensor) -> tf.Tensor:
     Slices of different sizes (the last batch of an epoch) weigh by their size, as one device would.
     """
     x = tf.convert_to_tensor(x, tf.float32)
+    if _replicas() is None:
+        return tf.reduce_mean(x)
     total, count = tf.unstack(replica_reduce(tf.stack([tf.reduce_sum(x), tf.cast(tf.size(x), tf.float32)]), "sum"))
     return total / count
 
