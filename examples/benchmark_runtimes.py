@@ -416,7 +416,8 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
+def machine(packages: tuple[str, ...] = PACKAGES) -> str:
+    """One line: OS, CPU, cores, Python and the versions of ``packages``."""
     cpu = platform.processor() or "?"
     try:
         with open("/proc/cpuinfo") as f:
@@ -424,7 +425,7 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     versions = []
-    for package in PACKAGES:
+    for package in packages:
         try:
             versions.append(f"{package} {importlib.metadata.version(package)}")
         except importlib.metadata.PackageNotFoundError:

@@ -4,6 +4,10 @@
     qmodel = kerasq.quantize_model(model, scheme="int8")   # or a kerasq.schemes object
     qmodel.compile(...); qmodel.fit(...)
     tflite_bytes = tflite_export.convert(qmodel)
+
+tfmot pipelines: ``kerasq.QuantizeConfig(scheme)`` in ``quantize_annotate_layer``, and
+``tflite_export.convert(tfmot_qat_model)`` (``kerasq.from_tfmot``). Keras 3 models are converted
+to tf_keras first (``kerasq.to_tf_keras``).
 """
 
 from kerasq import schemes
@@ -17,12 +21,17 @@ from kerasq.model import QuantizedModel, link, quantization_mode, set_target, us
 from kerasq.runtimes import Target
 from kerasq.schemes import Scheme, available_schemes, get_scheme
 from kerasq.transforms import calibrate, fold_batch_norms, quantize_model, quantize_scope, quantized_layers, quantized_weights
+from kerasq import keras3  # Keras 3 models converted to tf_keras
+from kerasq.keras3 import to_tf_keras
+from kerasq.quantize_config import QuantizeConfig, custom_objects
+from kerasq.from_tfmot import from_tfmot, is_tfmot_model, round_tfmot_biases
 from kerasq import clipping, ptq  # noqa: E402  (post-training quantization builds on everything above)
 
 __version__ = "0.2.0"
 
 __all__ = [
     "ActivationSpec",
+    "QuantizeConfig",
     "QuantizeInput",
     "QuantizedLayer",
     "QuantizedModel",
@@ -33,9 +42,13 @@ __all__ = [
     "calibrate",
     "callbacks",
     "clipping",
+    "custom_objects",
     "fold_batch_norms",
+    "from_tfmot",
     "get_scheme",
+    "is_tfmot_model",
     "keras",
+    "keras3",
     "link",
     "observers",
     "ptq",
@@ -44,9 +57,11 @@ __all__ = [
     "quantize_scope",
     "quantized_layers",
     "quantized_weights",
+    "round_tfmot_biases",
     "runtimes",
     "schemes",
     "set_target",
     "tf",
+    "to_tf_keras",
     "using_target",
 ]

@@ -46,6 +46,7 @@ examples:
 examples:
   kerasq export qat.keras --out qat.tflite                         # a kerasq-quantized model, as trained
   kerasq export float.keras --out ptq.tflite --dataset digits      # a float model: post-training quantization
+  kerasq export k3.keras --out k3.tflite --dataset digits         # a Keras 3 model, converted to tf_keras first
   kerasq export float.keras --out ptq.tflite --dataset mnist --data_dir ../shared/data \
       --method kl --equalize --bias_correction empirical           # PTQ methods (kerasq.ptq.quantize)
 """,
@@ -120,7 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--verbose", action="store_true", help="Keras' log line for every epoch instead of one bar per phase")
 
     export = command("export", "write an integer-only .tflite from a saved Keras model")
-    export.add_argument("model", help="a .keras/.h5/SavedModel path (kerasq-quantized, or float for PTQ)")
+    export.add_argument("model", help="a .keras/.h5/SavedModel path (kerasq-quantized, or float for PTQ; "
+                                      "Keras 3 .keras files are converted to tf_keras)")
     export.add_argument("--out", required=True, help="output .tflite path (must not be the input)")
     data_args(export, default=None)
     export.add_argument("--calibration_samples", type=int, default=500)
@@ -179,11 +181,49 @@ def _demo(args) -> None:
              qat_epochs=args.qat_epochs, seed=args.seed, verbose=args.verbose)
 
 
+def _load_model(path: str):
+    """A saved model as a tf_keras model, without compile state.
+
+    A file written by Keras 3 is loaded with Keras 3 and converted (``kerasq.keras3``); anything
+    else is loaded by tf_keras with kerasq's and tfmot's classes resolvable, so kerasq- and
+    tfmot-quantized models (``quantize_model`` / ``quantize_apply``) load too: tfmot's as .h5 or
+    SavedModel; a tfmot model in the .keras format gets an error saying to save it as .h5.
+    """
+    import tensorflow_model_optimization as tfmot
+
+    from kerasq import quantize_scope
+    from kerasq.compat import keras
+    from kerasq.keras3 import is_keras3_file, load_keras3_model
+
+    if os.path.isfile(path) and is_keras3_file(path):
+        return load_keras3_model(path)
+    with quantize_scope(), tfmot.quantization.keras.quantize_scope():
+        try:
+            return keras.models.load_model(path, compile=False)
+        except ValueError as error:
+            if "expected" in str(error) and "variables" in str(error) and _holds_tfmot_layers(path):
+                raise ValueError(
+                    f"{path!r} is a tfmot-quantized model in the .keras format, which tf_keras cannot load back "
+                    "(tfmot's wrappers save a list of variables that depends on how they were built); save it with "
+                    f"model.save('model.h5') and export that. ({error})"
+                ) from None
+            raise
+
+
+def _holds_tfmot_layers(path: str) -> bool:
+    """Whether the .keras archive at ``path`` names tfmot's quantize layers in its config."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        return "config.json" in names and b"QuantizeWrapper" in archive.read("config.json")
+
+
 def _export(args) -> None:
     import kerasq.ptq
     import tflite_export
-    from kerasq import quantize_scope
-    from kerasq.compat import keras
     from kerasq.datasets import load_dataset
     from kerasq.layers import kerasq_layers
 
@@ -191,14 +231,13 @@ def _export(args) -> None:
         raise FileNotFoundError(f"No model at {args.model!r}")
     tflite_export.files.ensure_distinct(args.out, [args.model])
     tflite_export.files.check_output_file(args.out)
-    with quantize_scope():
-        model = keras.models.load_model(args.model, compile=False)
+    model = _load_model(args.model)
     data = None
     if args.dataset:
         (x_train, _), _ = load_dataset(args.dataset, args.data_dir)
         data = x_train[: args.calibration_samples]
     print(f"exporting {args.model} ({'with' if data is not None else 'without'} calibration data)", file=sys.stderr)
-    if data is not None and not kerasq_layers(model):
+    if data is not None and not kerasq_layers(model) and not kerasq.is_tfmot_model(model):
         model = kerasq.ptq.quantize(
             model, data, method=args.method, equalize=args.equalize, bias_correction=args.bias_correction,
             adaround=args.adaround, verbose=0,

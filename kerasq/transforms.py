@@ -22,6 +22,7 @@ from kerasq import ops
 from kerasq.activations import ActivationSpec
 from kerasq.compat import keras, tf
 from kerasq.graph import LayerGraph, Node
+from kerasq.keras3 import is_keras3_model, to_tf_keras
 from kerasq.layer_table import GRID_KEEPING_ROLES, batch_norm_params, rule_for, supported_layer_names, unsupported_reason
 from kerasq.layers import OnInputGrid, QuantizedLayer, QuantizeInput, Requantize, kerasq_layers
 from kerasq.model import QuantizedModel, quantization_mode
@@ -414,7 +415,8 @@ def quantize_model(
     """A quantization-aware copy of a tf_keras Sequential or Functional model.
 
     Args:
-      model: float model with a defined input shape; left unchanged.
+      model: float model with a defined input shape; left unchanged. A Keras 3 model is
+        converted first (``kerasq.keras3.to_tf_keras``).
       scheme: a ``kerasq.schemes`` object or name (``"int8"``; see ``available_schemes()``).
       layer_schemes: per-layer override by layer name; ``None`` keeps that layer float (its
         output is quantized again after it, and the model then cannot be exported integer-only).
@@ -442,6 +444,15 @@ def quantize_model(
       ValueError listing every layer that cannot be quantized (type or configuration) and why,
       before any work is done; ValueError for activations that cannot be fused or run as ops.
     """
+    if is_keras3_model(model):  # a Keras 3 model: its tf_keras equivalent (kerasq.keras3)
+        model = to_tf_keras(model)
+    from kerasq.from_tfmot import is_tfmot_model  # builds on this module
+
+    if is_tfmot_model(model):
+        raise ValueError(
+            f"Model {model.name!r} is already quantized by tfmot; export it with tflite_export.convert (or "
+            "kerasq.from_tfmot), or quantize the float model it came from."
+        )
     scheme = get_scheme(scheme)
     if bn_folding not in BN_FOLDING:
         raise ValueError(f"bn_folding must be one of {BN_FOLDING}. Received: {bn_folding!r}")

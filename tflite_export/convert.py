@@ -18,6 +18,8 @@ import types
 import warnings
 
 from kerasq.compat import keras
+from kerasq.from_tfmot import from_tfmot, is_tfmot_model
+from kerasq.keras3 import is_keras3_model, to_tf_keras
 from kerasq.layers import kerasq_layers
 from kerasq.model import QuantizedModel
 from kerasq.transforms import observer_states, calibrate, quantize_model, quantize_scope
@@ -69,14 +71,18 @@ def convert(
     """An integer-only TFLite flatbuffer of a kerasq-quantized model, or of a float model via PTQ.
 
     Args:
-      model: a model from ``kerasq.quantize_model`` (after ``fit`` or ``calibrate``), or a plain
-        float tf_keras model, which is then quantized with the ``"int8"`` scheme and calibrated on
-        ``representative_data`` (post-training quantization, min/max ranges, inference mode).
+      model: a model from ``kerasq.quantize_model`` (after ``fit`` or ``calibrate``); a model
+        from tfmot's ``quantize_model``/``quantize_apply`` (its grids, through
+        ``kerasq.from_tfmot``: what TFLite cannot express exactly is named by layer in a warning);
+        or a plain float tf_keras model, which is then quantized with the ``"int8"`` scheme and
+        calibrated on ``representative_data`` (post-training quantization, min/max ranges,
+        inference mode).
       representative_data: float samples shaped like the model input: an array ``[N, ...]``, an
         iterable of batches (or of one-element lists, as TFLite's ``representative_dataset``
         yields), or a callable returning either. Required for a float model. For a quantized
         model it calibrates, on a copy, only the ranges the model never observed; observed
         (trained) ranges are kept, so a trained model exports the same bytes with or without it.
+        For a tfmot model it calibrates only tensors tfmot stored no range for.
       input_type, output_type: ``"int8"`` (fully integer I/O) or ``"float32"`` (adds a QUANTIZE
         op at the input / DEQUANTIZE at the output; everything between stays integer).
       pack_int4: store weight grids of at most 4 bits as packed INT4 (half the bytes); ``False``
@@ -89,9 +95,12 @@ def convert(
       ExportError (a ValueError) naming the layer that cannot be exported, or the ops that touch
       float tensors if the result is not integer-only; ValueError for empty or NaN data.
     """
+    model = to_tf_keras(model) if is_keras3_model(model) else model  # a Keras 3 model: its tf_keras equivalent
     for arg, value in (("input_type", input_type), ("output_type", output_type)):
         if value not in _IO_TYPES:
             raise ValueError(f"{arg} must be one of {list(_IO_TYPES)}. Received: {arg}={value!r}")
+    if is_tfmot_model(model):
+        model = from_tfmot(model, representative_data)
     if not _is_quantized(model):
         if representative_data is None:
             raise ValueError(

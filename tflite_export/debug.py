@@ -223,7 +223,8 @@ def debug(
     """Per-layer SQNR and max error between a quantized Keras model and its ``.tflite`` file.
 
     Args:
-        keras_model: the ``kerasq`` ``QuantizedModel`` the file was exported from.
+        keras_model: the ``kerasq`` ``QuantizedModel`` the file was exported from, or the tfmot
+            QAT model (then ``kerasq.from_tfmot(keras_model)``, the model its export goes through).
         model_bytes_or_path: the file (bytes or path), as written by ``tflite_export.convert``.
         x: float inputs ``(N, *input_shape)`` (a list for several inputs), as given to the Keras
             model; quantized onto the file's input grid for the interpreter.
@@ -250,6 +251,8 @@ def debug(
 
     if runtime not in _RESOLVERS:
         raise ValueError(f"runtime must be one of {sorted(_RESOLVERS)}. Received: runtime={runtime!r}")
+    if kerasq.is_tfmot_model(keras_model):  # the integer model tflite_export.convert wrote it from
+        keras_model = kerasq.from_tfmot(keras_model)
     if not isinstance(keras_model, kerasq.QuantizedModel):
         raise ValueError(
             "debug needs the kerasq QuantizedModel the file was exported from (its layers compute what the "

@@ -21,6 +21,7 @@ from typing import Mapping
 
 from kerasq import clipping
 from kerasq.compat import keras
+from kerasq.keras3 import is_keras3_model, to_tf_keras
 from kerasq.layers import kerasq_layers
 from kerasq.model import QuantizedModel
 from kerasq.observers import get_observer
@@ -95,7 +96,8 @@ def quantize(
     """A quantized copy of a trained float model, ranges from calibration data, no training.
 
     Args:
-      model: a trained float tf_keras model (left unchanged).
+      model: a trained float tf_keras model (left unchanged), or a Keras 3 one (converted first,
+        ``kerasq.keras3.to_tf_keras``).
       calibration_data: float samples shaped like the model input: an array ``[N, ...]``, a
         ``tf.data.Dataset`` or list of batches (``(x, y)`` tuples give ``x``), or a callable
         returning an iterable of batches. Read in batches, never copied whole. Methods other
@@ -121,6 +123,8 @@ def quantize(
       ValueError for a quantized model, an unknown method, empty/NaN/inf or wrongly shaped data,
       data that yields nothing, or options the scheme cannot take.
     """
+    if is_keras3_model(model):  # a Keras 3 model: its tf_keras equivalent (kerasq.keras3)
+        model = to_tf_keras(model)
     if kerasq_layers(model):
         raise ValueError(f"Model {model.name!r} is already quantized; post-training quantization takes the float model.")
     _check_method("method", method)

@@ -72,6 +72,19 @@ class Scheme(ConfigEquality, metaclass=abc.ABCMeta):
             return FixedRangeQuantizer(0.0, activation.max_value, self.activation_bits)
         return MovingAverageQuantizer(self.activation_bits)
 
+    def quantize_config(self, layer: keras.layers.Layer | None = None):
+        """This scheme as a tfmot ``QuantizeConfig`` (``kerasq.QuantizeConfig(self)``) for
+        ``tfmot.quantization.keras.quantize_annotate_layer``.
+
+        With ``layer``, first checks that the config can quantize it (``ValueError`` naming the
+        layer class otherwise).
+        """
+        from kerasq.quantize_config import QuantizeConfig, weight_specs  # imports this module
+
+        if layer is not None:
+            weight_specs(layer)
+        return QuantizeConfig(self)
+
     def get_config(self) -> dict[str, Any]:
         return {}
 
