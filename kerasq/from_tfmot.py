@@ -33,7 +33,8 @@ import numpy as np
 
 from kerasq.activations import ActivationSpec
 from kerasq.compat import keras, tf
-from kerasq.graph import LayerGraph
+from kerasq.arithmetic import ScalarArithmetic
+from kerasq.graph import LayerGraph, Node
 from kerasq.layer_table import WeightSpec, rule_for
 from kerasq.layers import QuantizedLayer, QuantizeInput, Requantize
 from kerasq.model import QuantizedModel
@@ -112,6 +113,7 @@ class _TfmotGraph:
         self.kerasq_configs: dict[str, Any] = {}  # layer -> kerasq.QuantizeConfig
         self.wrappers: dict[str, keras.layers.Layer] = {}
         self.weights: dict[str, dict[str, np.ndarray]] = {}  # layer -> {short weight name: value}
+        self.rounded_twice: dict[str, str] = {}  # MUL-by-1 node -> the average pool it rounds
         for node in list(graph.nodes):
             layer = node.layer
             if _is_quantize_layer(layer):
@@ -125,8 +127,37 @@ class _TfmotGraph:
             else:
                 self.weights[layer.name] = {_short_name(w): w.numpy() for w in layer.weights}
                 node.layer = _fresh_layer(layer)
+        for node in list(graph.nodes):
+            if type(node.layer) is keras.layers.AveragePooling2D and node.name in self.output_ranges:
+                self._round_after(graph, node)
+            elif type(node.layer) is keras.layers.Concatenate and node.name in self.output_ranges:
+                self._separate_concatenations(graph, node)
         graph.name = f"{model.name}_float"
         self.graph = graph
+
+    def _round_after(self, graph: LayerGraph, pool: Node) -> None:
+        """Round a same-padded average pool's output onto tfmot's range for it, by a MUL by 1.
+
+        TFLite's AVERAGE_POOL_2D keeps its input's grid, and near the borders of a same-padded
+        pool the divisor changes, so no depthwise convolution computes it (``_window_mean``).
+        tfmot rounds the mean once onto a range of its own; rounding it onto the input's grid
+        and then onto that range keeps the tensor on tfmot's grid, two roundings instead of one.
+        """
+        consumers = graph.consumers(pool.name)
+        rounding = self._insert_rounding(graph, f"{pool.name}_rounding", pool.name, graph.nodes.index(pool) + 1)
+        for consumer in consumers:
+            consumer.inbound = [rounding.name if n == pool.name else n for n in consumer.inbound]
+        graph.outputs = [rounding.name if n == pool.name else n for n in graph.outputs]
+        self.output_ranges[rounding.name] = self.output_ranges.pop(pool.name)
+        self.rounded_twice[rounding.name] = pool.name
+
+    def _insert_rounding(self, graph: LayerGraph, name: str, source: str, position: int) -> Node:
+        """A MUL by 1 of ``source`` at ``position`` of the graph: an op with an output grid of its
+        own (``ScalarArithmetic`` is one in the layer table), which requantizes its input onto it."""
+        rounding = Node(ScalarArithmetic("multiply", 1.0, name=name), [source])
+        graph.nodes.insert(position, rounding)
+        self.weights[name] = {}
+        return rounding
 
     def _unwrap(self, wrapper) -> keras.layers.Layer:
         inner = wrapper.layer
@@ -155,6 +186,23 @@ class _TfmotGraph:
         if name in self.output_ranges and type(inner) is keras.layers.AveragePooling2D and inner.padding == "valid":
             return self._window_mean(inner, int(wrapper.input_shape[-1]))
         return _fresh_layer(inner, activation)
+
+    def _separate_concatenations(self, graph: LayerGraph, concat: Node) -> None:
+        """Round an input that is another Concatenate's output (through a max pool, say) onto this
+        Concatenate's range, by a MUL by 1 on that edge.
+
+        kerasq gives chained concatenations one grid (their inputs share it); tfmot rounds each
+        onto a range of its own, so the outer one rounds the inner one's codes once more.
+        """
+        layers = {node.name: node for node in graph.nodes}
+        for index, source in enumerate(concat.inbound):
+            inner = source
+            while inner in layers and type(layers[inner].layer) is not keras.layers.Concatenate and _copies_codes(layers[inner].layer):
+                inner = layers[inner].inbound[0]
+            if inner not in self.output_ranges or type(layers[inner].layer) is not keras.layers.Concatenate:
+                continue
+            name = f"{concat.name}_input_{index}_rounding"
+            concat.inbound[index] = self._insert_rounding(graph, name, source, graph.nodes.index(concat)).name
 
     def _window_mean(self, pool: keras.layers.AveragePooling2D, channels: int) -> keras.layers.Layer:
         """A valid-padded average pool that tfmot rounds onto its own range, as the DepthwiseConv2D
@@ -311,11 +359,12 @@ def _copy_kerasq_state(layer: QuantizedLayer, wrapper) -> None:
                     target[key].assign(variable)
 
 
-def _set_range(layer, lo: float, hi: float, bits: int, notes: list[str]) -> None:
-    """Give a QuantizeInput/Requantize tfmot's stored range (its quantizer is 8-bit)."""
+def _set_range(layer, lo: float, hi: float, bits: int, notes: list[str], state: dict | None = None) -> None:
+    """Give an 8-bit observed grid tfmot's stored range: a QuantizeInput/Requantize's, or ``state``."""
     if bits != 8:
         notes.append(f"{layer.name}: tfmot rounds this tensor onto {bits} bits; the integer model onto 8.")
-    (state,) = observer_states(layer)
+    if state is None:
+        (state,) = observer_states(layer)
     state["min"].assign(lo)
     state["max"].assign(hi)
     state["count"].assign(tf.ones_like(state["count"]))
@@ -380,9 +429,45 @@ def _set_states(qmodel, tfmot: _TfmotGraph, chains: dict, used: set, notes: list
             if layer.channel_scale is not None:
                 factor = _affine_factor(tfmot, chains.get(layer.name, []))
                 layer.channel_scale.assign(np.reshape(factor, layer.channel_scale.shape))
+            if "count" in layer._activation_vars and int(np.max(layer._activation_vars["count"].numpy())) == 0:
+                concat = _concatenation_reading(tfmot, chains.get(layer.name, [layer.name])[-1])
+                if concat is not None:
+                    # tfmot rounds this output only after the Concatenate (its ConcatTransform):
+                    # on that range, each input's rounding is the concatenation's.
+                    _set_range(layer, *tfmot.output_ranges[concat], notes, state=layer._activation_vars)
+                    used.add(concat)
             if any(int(np.max(state["count"].numpy())) == 0 for state in observer_states(layer)):
                 unknown.append(layer.name)
     return unknown
+
+
+def _concatenation_reading(tfmot: _TfmotGraph, tensor: str) -> str | None:
+    """The Concatenate with a stored range that every reader of a float ``tensor`` leads to, or None.
+
+    tfmot's default 8-bit transforms switch off the output quantizers of a Concatenate's inputs
+    (up to six) and round once after it, so those tensors have no range of their own. Readers
+    that copy their input's codes (a max pool, a reshape, a Concatenate that feeds another, which
+    tfmot leaves unrounded) are followed to the Concatenate.
+    """
+    found = set()
+    pending = [tensor]
+    while pending:
+        for consumer in tfmot.graph.consumers(pending.pop()):
+            layer = consumer.layer
+            if type(layer) is keras.layers.Concatenate and consumer.name in tfmot.output_ranges:
+                found.add(consumer.name)
+            elif _copies_codes(layer) and consumer.name not in tfmot.output_ranges:
+                pending.append(consumer.name)
+            else:
+                return None
+    ranges = {tfmot.output_ranges[name] for name in found}
+    return min(found) if len(ranges) == 1 else None
+
+
+def _copies_codes(layer: keras.layers.Layer) -> bool:
+    """Whether ``layer``'s integer kernel moves or picks its input's codes without rounding."""
+    rule = rule_for(layer)
+    return rule is not None and rule.role in ("same_grid", "shared_grid") and not rule.rounds
 
 
 def _calibrate_only(qmodel: QuantizedModel, names: set[str], data) -> None:
@@ -454,6 +539,11 @@ def _integer_model(model: keras.Model, representative_data, target) -> tuple[Qua
                 f"{name}: tfmot rounds its output onto its own range [{lo:.6g}, {hi:.6g}]; the integer model does not "
                 "round there (TFLite fuses it into the op before, or keeps the op on its input's grid)."
             )
+    for name, pool in tfmot.rounded_twice.items():
+        notes.append(
+            f"{pool}: tfmot rounds the mean once onto its own range; TFLite's AVERAGE_POOL_2D rounds it onto its "
+            f"input's grid, then {name} (a MUL by 1) onto that range: two roundings."
+        )
     for name in tfmot.pre_activation_ranges:
         if ("pre", name) not in used:
             notes.append(f"{name}: tfmot rounds before its activation; the integer model does not round there.")

@@ -6,8 +6,8 @@ keras``, a Functional or Sequential ``keras.Model``) is rebuilt in tf_keras laye
 1. every operation of the Keras 3 graph is checked first, nested Functional and Sequential
    models included; a layer whose exact class is not a Keras 3 layer class that tf_keras also
    has and kerasq's layer table supports (``kerasq.layer_table``) — a custom or subclassed
-   layer, a ``keras.ops`` call in the graph, a subclassed model, a layer quantized by Keras 3,
-   an option tf_keras cannot take — is reported, all of them in one ``ValueError``;
+   layer, a subclassed model, a layer quantized by Keras 3, an option tf_keras cannot take —
+   and a ``keras.ops`` call kerasq cannot read (below) are reported, all of them in one ``ValueError``;
 2. each layer becomes the tf_keras class of the same name made from its ``get_config()``: the
    dtype policy becomes ``"float32"``, initializers, regularizers and constraints become tf_keras
    objects of the same class, options tf_keras does not know are dropped when they hold their
@@ -16,6 +16,20 @@ keras``, a Functional or Sequential ``keras.Model``) is rebuilt in tf_keras laye
    becomes a converted nested model, which kerasq's graph inlines), with the same layer names;
 4. the weights are copied by name (``kernel``, ``gamma``, ``moving_mean``, ...), so the float
    outputs are the Keras 3 model's.
+
+``keras.ops`` calls in a Functional graph (Keras 3's MobileNetV3 writes hard-sigmoid as
+``ReLU(6)(x + 3) * (1/6)``) become the TF computation Keras 3's TensorFlow backend runs, applied
+to the tf_keras tensors; tf_keras records it as ``TFOpLambda`` nodes, which ``kerasq.graph``
+reads as ScalarArithmetic, Add/Subtract/Multiply or Activation layers (``kerasq.arithmetic``):
+``+ - * /`` of a float tensor and a number (``c - x`` as ``(-x) + c``, ``-x`` as ``x · -1``),
+``+ - *`` of two float tensors, and relu, relu6, sigmoid, tanh, silu, gelu (erf form), elu
+(alpha 1), softmax (last axis), hard_sigmoid and hard_silu of one. Other calls (``matmul``, a
+tensor constant, ``c / x``, ``gelu`` with its tanh approximation) are refused. The activations
+tf_keras lacks or defines differently — Keras 3's ``hard_sigmoid`` is ``relu6(x + 3) / 6``,
+tf_keras' is ``clip(0.2·x + 0.5, 0, 1)``; ``hard_silu``/``hard_swish`` is ``x · hard_sigmoid(x)``
+— are written out the same way, whether an ``Activation`` layer (which then has no layer of its
+own) or a layer's ``activation=`` (the copy is linear, the arithmetic follows it). A Sequential
+stays a Sequential, where a layer cannot become several nodes: such an activation is refused there.
 
     k3_model = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), alpha=0.35, classes=10)
     model = kerasq.keras3.to_tf_keras(k3_model)          # a tf_keras Functional model
@@ -34,10 +48,14 @@ from __future__ import annotations
 
 import inspect
 import json
+import numbers
+import operator
 import sys
 import warnings
 import zipfile
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 from kerasq.compat import keras, tf
 from kerasq.layer_table import LAYER_TABLE
@@ -231,6 +249,9 @@ def _tf_keras_config(layer, precision: list[str]) -> dict:
         elif key == "activation":
             if not isinstance(value, str):
                 raise ValueError(f"activation {value!r} is not a built-in activation")
+            if value in _EXPANSIONS:
+                config[key] = "linear"  # the converter writes Keras 3's function after the layer
+                continue
             try:
                 keras.activations.get(value)
             except ValueError:
@@ -238,14 +259,24 @@ def _tf_keras_config(layer, precision: list[str]) -> dict:
     return config
 
 
-def _layer_problem(op) -> str | None:
-    """Why the Keras 3 operation ``op`` (not a model) cannot be converted, or None."""
+def _layer_problem(op, in_sequential: bool = False) -> str | None:
+    """Why the Keras 3 operation ``op`` (not a model) cannot be converted, or None.
+
+    ``in_sequential``: ``op`` is a layer of a Sequential model, where it must stay one layer.
+    """
     keras3 = _keras3()
     name = type(op).__name__
     if not isinstance(op, keras3.layers.Layer):
+        for node in op._inbound_nodes:
+            computation = _operation(node)
+            if isinstance(computation, str):
+                return computation
+        return None
+    expanded = _expanded_activation(op)
+    if in_sequential and expanded is not None:
         return (
-            f"a keras.ops call ({name}) in the graph; tf_keras has no such layer: write it with a "
-            "layer (keras.layers.Add, Multiply, Rescaling, ...)"
+            f"activation {expanded!r} becomes several tf_keras nodes ({_EXPANSION_TEXT[expanded]}), which a "
+            "Sequential model cannot hold as one layer; build the model with keras.Model(inputs, outputs)"
         )
     if getattr(keras3.layers, name, None) is not type(op):
         return "a custom layer class (not a Keras 3 built-in layer)"
@@ -276,10 +307,136 @@ def _problems(model, prefix: str = "") -> list[str]:
         if isinstance(op, keras3.Model):
             problems.extend(_problems(op, f"{prefix}{model.name}/"))
             continue
-        reason = _layer_problem(op)
+        reason = _layer_problem(op, in_sequential=kind == "sequential")
         if reason is not None:
             problems.append(f"{prefix}{op.name!r} ({_class_path(op)}): {reason}")
     return problems
+
+
+# --- keras.ops calls, and activations tf_keras lacks or defines differently ------------------
+#
+# tf_keras records TF arithmetic on its symbolic tensors (``x + 3.0``, ``tf.nn.relu6(x)``) as
+# ``TFOpLambda`` nodes, which kerasq's graph reads as ScalarArithmetic, Add/Subtract/Multiply or
+# Activation layers (``kerasq.arithmetic``), the way tf_keras' own MobileNetV3 is read. So a
+# Keras 3 ``keras.ops`` node becomes the TF computation Keras 3's TensorFlow backend runs for it,
+# applied to the converted tensors: the same nodes a tf_keras model written with TF ops has.
+
+
+def _hard_sigmoid(x):
+    """Keras 3's ``hard_sigmoid`` as its TensorFlow backend computes it: ``relu6(x + 3) / 6``.
+
+    tf_keras' ``hard_sigmoid`` is another function (``clip(0.2·x + 0.5, 0, 1)``), so the name
+    is never handed to tf_keras.
+    """
+    return tf.nn.relu6(x + 3.0) / 6.0
+
+
+def _hard_silu(x):
+    """Keras 3's ``hard_silu`` (alias ``hard_swish``): ``x · hard_sigmoid(x)``."""
+    return x * _hard_sigmoid(x)
+
+
+# Keras 3 activations tf_keras lacks or defines differently, written out as TF arithmetic; as an
+# ``activation=`` option the layer's copy is linear and this follows it.
+_EXPANSIONS: dict[str, Callable] = {"hard_sigmoid": _hard_sigmoid, "hard_silu": _hard_silu, "hard_swish": _hard_silu}
+_EXPANSION_TEXT = {"hard_sigmoid": "relu6(x + 3) / 6", "hard_silu": "x * relu6(x + 3) / 6", "hard_swish": "x * relu6(x + 3) / 6"}
+
+# keras.ops of two operands (``x + 3.0`` is ``keras.ops.add``) by Keras 3 class, as the Python
+# operator that makes tf_keras record the TFOpLambda kerasq reads.
+_BINARY_OPS = {
+    "keras.src.ops.numpy.Add": operator.add,
+    "keras.src.ops.numpy.Subtract": operator.sub,
+    "keras.src.ops.numpy.Multiply": operator.mul,
+    "keras.src.ops.numpy.Divide": operator.truediv,
+    "keras.src.ops.numpy.TrueDivide": operator.truediv,
+}
+# keras.ops of one tensor by Keras 3 class, as the TF function Keras 3's TensorFlow backend calls.
+_UNARY_OPS: dict[str, Callable] = {
+    "keras.src.ops.nn.Relu": tf.nn.relu,
+    "keras.src.ops.nn.Relu6": tf.nn.relu6,
+    "keras.src.ops.nn.Sigmoid": tf.math.sigmoid,
+    "keras.src.ops.numpy.Tanh": tf.math.tanh,
+    "keras.src.ops.nn.Silu": tf.nn.silu,
+    "keras.src.ops.nn.Gelu": tf.nn.gelu,
+    "keras.src.ops.nn.Elu": tf.nn.elu,
+    "keras.src.ops.nn.Softmax": tf.nn.softmax,
+    "keras.src.ops.nn.HardSigmoid": _hard_sigmoid,
+    "keras.src.ops.nn.HardSilu": _hard_silu,
+    "keras.src.ops.numpy.Negative": lambda x: x * -1.0,  # exact, and read as a ScalarArithmetic
+}
+# Options those ops must hold for the TF function above, called with its defaults, to be theirs
+# (``keras.ops.gelu`` defaults to the tanh approximation; kerasq reads the exact erf form).
+_UNARY_OPTIONS = {
+    "keras.src.ops.nn.Gelu": {"approximate": False},
+    "keras.src.ops.nn.Elu": {"alpha": 1.0},
+    "keras.src.ops.nn.Softmax": {"axis": -1},
+}
+_READABLE = (
+    "kerasq reads +, -, * and / of a float tensor and a number, +, - and * of two float tensors of one rank, "
+    "and relu, relu6, sigmoid, tanh, silu, gelu (approximate=False), elu (alpha=1), softmax (last axis), "
+    "hard_sigmoid and hard_silu of a float tensor; write anything else with layers"
+)
+
+
+def _expanded_activation(layer) -> str | None:
+    """``layer``'s activation when the converter writes it out (``_EXPANSIONS``), else None."""
+    activation = layer.get_config().get("activation")
+    return activation if isinstance(activation, str) and activation in _EXPANSIONS else None
+
+
+def _number(value) -> float | None:
+    """``value`` as a float when it is a finite real number (Python, NumPy, 0-d array), else None."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, (numbers.Real, np.number)) and not isinstance(value, (bool, np.bool_)):
+        return float(value) if np.isfinite(float(value)) else None
+    return None
+
+
+def _operation(node) -> Callable[..., Any] | str:
+    """The tf_keras computation of the Keras 3 ``keras.ops`` call ``node``, or why there is none.
+
+    The computation is a function of the node's converted positional arguments (tf_keras
+    tensors, and the numbers as they are) returning the converted output. The reason is a
+    sentence for the conversion error.
+    """
+    keras3 = _keras3()
+    op, path, name = node.operation, _class_path(node.operation), type(node.operation).__name__
+    args = list(node.arguments.args)
+    tensors = [isinstance(a, keras3.KerasTensor) for a in args]
+    if node.arguments.kwargs or (path not in _UNARY_OPS and path not in _BINARY_OPS) or not any(tensors):
+        return f"a keras.ops call ({name}) in the graph; {_READABLE}"
+    dtypes = {str(t.dtype) for t in list(node.arguments.keras_tensors) + list(node.outputs)}
+    if len(dtypes) != 1 or not dtypes <= {"float16", "bfloat16", "float32", "float64"}:
+        return f"a keras.ops call ({name}) on or into {sorted(dtypes)} tensors; {_READABLE} (of one float dtype)"
+    if path in _UNARY_OPS:
+        options = {k: getattr(op, k, None) for k, v in _UNARY_OPTIONS.get(path, {}).items() if getattr(op, k, None) != v}
+        if len(args) != 1 or options:
+            return f"a keras.ops call ({name}) with {options or f'{len(args)} arguments'}; {_READABLE}"
+        return _UNARY_OPS[path]
+    function = _BINARY_OPS[path]
+    if len(args) != 2:
+        return f"a keras.ops call ({name}) with {len(args)} arguments; {_READABLE}"
+    if all(tensors):
+        if function is operator.truediv:
+            return f"a keras.ops call ({name}) of two tensors; {_READABLE}"
+        if len(args[0].shape) != len(args[1].shape):  # tf_keras' merge layers broadcast one rank only
+            return f"a keras.ops call ({name}) of tensors of ranks {len(args[0].shape)} and {len(args[1].shape)}; {_READABLE}"
+        return function
+    constant = args[0] if tensors[1] else args[1]
+    number = _number(constant)
+    if number is None:
+        shape = getattr(constant, "shape", None)
+        return f"a keras.ops call ({name}) with a constant {type(constant).__name__}{'' if shape is None else f' of shape {tuple(shape)}'}; {_READABLE}"
+    if tensors[0]:
+        if function is operator.truediv and number == 0:
+            return f"a keras.ops call ({name}) dividing by zero; {_READABLE}"
+        return lambda x, _: function(x, number)
+    if function in (operator.add, operator.mul):
+        return lambda _, x: function(x, number)
+    if function is operator.sub:
+        return lambda _, x: x * -1.0 + number  # c - x is (-x) + c exactly, in two nodes kerasq reads
+    return f"a keras.ops call ({name}) of a number by a tensor; {_READABLE}"
 
 
 # --- building ---------------------------------------------------------------------------------
@@ -325,12 +482,27 @@ class _Converter:
                 return values[id(x)] if isinstance(x, keras3.KerasTensor) else x
 
             args, kwargs = node.arguments.convert(value)
-            outputs = self.layer(node.operation)(*args, **kwargs)
+            if isinstance(node.operation, keras3.layers.Layer):
+                outputs = self.call(node.operation, args, kwargs)
+            else:  # a keras.ops call, checked readable
+                outputs = _operation(node)(*args)
             for k3_tensor, tensor in zip(node.outputs, tf.nest.flatten(outputs)):
                 values[id(k3_tensor)] = tensor
         inputs = keras3.tree.map_structure(lambda t: values[id(t)], model._inputs_struct)
         outputs = keras3.tree.map_structure(lambda t: values[id(t)], model._outputs_struct)
         return keras.Model(inputs, outputs, name=model.name)
+
+    def call(self, op, args: tuple, kwargs: dict) -> Any:
+        """The tf_keras copy of the Keras 3 layer or model ``op`` called on converted arguments.
+
+        An activation tf_keras lacks or defines differently (``_EXPANSIONS``) is written out after
+        the copy (made linear); an ``Activation`` layer of one is only that, with no layer of its own.
+        """
+        expanded = None if isinstance(op, _keras3().Model) else _expanded_activation(op)
+        if expanded is not None and type(op).__name__ == "Activation":
+            return _EXPANSIONS[expanded](*args)
+        outputs = self.layer(op)(*args, **kwargs)
+        return outputs if expanded is None else _EXPANSIONS[expanded](outputs)
 
     def copy_weights(self) -> None:
         for op, copy in self.layers.values():
@@ -405,11 +577,14 @@ def to_tf_keras(model: Any) -> keras.Model:
         (a backbone) are converted too. A tf_keras model is returned as it is.
     Returns:
       A new tf_keras model (Functional, or Sequential for a Sequential) with the same layer
-      names, configurations and weights: its float outputs are the Keras 3 model's. Not compiled.
+      names, configurations and weights: its float outputs are the Keras 3 model's. ``keras.ops``
+      calls and the hard_sigmoid/hard_silu activations become TF arithmetic nodes (``TFOpLambda``).
+      Not compiled.
     Raises:
       ValueError listing every layer that cannot be converted (a custom layer, a ``keras.ops``
-      call in the graph, a subclassed model, a layer class kerasq does not support, a layer
-      quantized by Keras 3, an option tf_keras cannot take) with its class, all at once.
+      call kerasq cannot read, a subclassed model, a layer class kerasq does not support, a layer
+      quantized by Keras 3, an option tf_keras cannot take, hard_sigmoid/hard_silu in a
+      Sequential) with its class, all at once.
       TypeError if ``model`` is neither a Keras 3 nor a tf_keras model.
     Warns:
       UserWarning naming the layers whose mixed-precision (float16/bfloat16) policy became float32.

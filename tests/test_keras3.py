@@ -11,6 +11,7 @@ import tflite_export
 from kerasq import keras
 from kerasq.cli import main
 from kerasq.datasets import to_rgb
+from kerasq.graph import LayerGraph
 from kerasq.keras3 import is_keras3_file, is_keras3_model, supported_layer_classes, to_tf_keras
 
 # Keras 3's TensorFlow backend converts tensors with np.array(x, copy=False), which NumPy 2 warns about.
@@ -108,6 +109,81 @@ def test_mobilenet_v2_converts_exactly_and_exports_within_one_lsb(digits):
     parity = tflite_export.compare(qmodel, blob, x_test)
     assert parity.max_abs_lsb <= 1, parity
     assert parity.top1_agreement >= 0.98, parity
+
+
+def test_mobilenet_v3_small_converts_exactly_and_exports_within_one_lsb(digits):
+    """keras.ops arithmetic (hard_sigmoid as ``ReLU(6)(x + 3) * (1/6)``) and Activation("hard_swish")."""
+    (x_train, _), (x_test, _) = digits
+    x_train, x_test = to_rgb(x_train[:64], 32), to_rgb(x_test[:64], 32)
+    keras3.utils.set_random_seed(4)
+    k3 = keras3.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None, classes=10, include_preprocessing=False)
+    _randomize_batch_norms(k3)
+
+    converted = to_tf_keras(k3)
+    written_out = {  # Activation("hard_swish") layers become arithmetic nodes only
+        layer.name for layer in k3.layers
+        if isinstance(layer, keras3.layers.Activation) and layer.get_config()["activation"] == "hard_silu"
+    }
+    assert written_out and {layer.name for layer in k3.layers} - written_out <= {layer.name for layer in converted.layers}
+    assert _max_float_difference(k3, converted, x_test) <= FLOAT_TOLERANCE
+
+    qmodel = kerasq.quantize_model(k3, "int8", calibration_data=x_train)
+    blob = tflite_export.convert(qmodel)
+    assert tflite_export.inspect(blob).is_integer_only
+    parity = tflite_export.compare(qmodel, blob, x_test)
+    assert parity.max_abs_lsb <= 1, parity
+
+
+def _ops_model() -> "keras3.Model":
+    """Every keras.ops call and hard activation to_tf_keras writes as TF arithmetic."""
+    L, ops = keras3.layers, keras3.ops
+    inputs = keras3.Input((6, 6, 3), name="x")
+    x = L.Conv2D(8, 3, padding="same", activation="hard_silu", name="conv_hs")(inputs)
+    y = L.DepthwiseConv2D(3, padding="same", activation="hard_sigmoid", name="dw_hsig")(x)
+    x = (x + 3.0) * y - 1.0  # Add, Multiply of two tensors, Subtract
+    x = 2.0 * (0.5 - x) / 4  # number first: Multiply, Subtract; TrueDivide
+    x = ops.subtract(ops.divide(-x, np.float32(3.0)), y) + ops.add(1, x)
+    x = L.Activation("hard_silu", name="act_hs")(ops.relu6(x))
+    x = L.Activation("hard_sigmoid", name="act_hsig")(ops.hard_silu(x) - 0.25) + ops.hard_sigmoid(x)
+    x = ops.relu(ops.sigmoid(x) + ops.tanh(x) + ops.silu(x) + ops.gelu(x, approximate=False) + ops.elu(x) - 0.5)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    outputs = ops.softmax(L.Dense(4, activation="hard_swish", name="head")(x))
+    return keras3.Model(inputs, outputs, name="ops")
+
+
+def test_keras_ops_and_hard_activations_convert_exactly():
+    keras3.utils.set_random_seed(5)
+    k3 = _ops_model()
+    rng = np.random.default_rng(5)
+    for layer in k3.layers:  # non-zero biases, so activations see both signs
+        layer.set_weights([w + rng.normal(0, 0.3, w.shape).astype("float32") for w in layer.get_weights()])
+    x = rng.normal(0, 2.0, (32, 6, 6, 3)).astype("float32")
+
+    converted = to_tf_keras(k3)
+    assert converted.get_layer("conv_hs").get_config()["activation"] == "linear"  # written out after it
+    assert "act_hs" not in [layer.name for layer in converted.layers]
+    assert _max_float_difference(k3, converted, x) <= FLOAT_TOLERANCE
+    # Keras 3's hard_sigmoid is relu6(x + 3) / 6, not tf_keras' clip(0.2x + 0.5): converted, not renamed.
+    hard = keras3.Model(k3.input, keras3.layers.Activation("hard_sigmoid")(k3.input))
+    np.testing.assert_allclose(to_tf_keras(hard).predict(x, verbose=0), np.clip(x + 3.0, 0, 6) / 6.0, atol=1e-6)
+
+    # kerasq's graph reads every arithmetic node (as ScalarArithmetic, Add/Subtract/Multiply, Activation).
+    read = [type(node.layer).__name__ for node in LayerGraph.from_model(converted).nodes]
+    assert "TFOpLambda" not in read and {"ScalarArithmetic", "Add", "Subtract", "Multiply", "Activation"} <= set(read)
+
+
+def test_sequential_refuses_activations_that_become_several_nodes():
+    k3 = keras3.Sequential(
+        [keras3.Input((4,)), keras3.layers.Dense(3, activation="hard_silu", name="d"),
+         keras3.layers.Activation("hard_sigmoid", name="a"), keras3.layers.Activation("relu6", name="r")],
+        name="seq",
+    )
+    with pytest.raises(ValueError) as error:
+        to_tf_keras(k3)
+    message = str(error.value)
+    assert "2 layer(s) cannot" in message
+    assert "'d' (keras.src.layers.core.dense.Dense): activation 'hard_silu' becomes several tf_keras nodes" in message
+    assert "'a' " in message and "Sequential model cannot hold" in message and "keras.Model(inputs, outputs)" in message
 
 
 def test_functional_cnn_converts_exactly_then_qat_and_ptq_export(trained_k3_cnn, digits):
@@ -228,19 +304,27 @@ def test_unsupported_layers_are_named_in_one_error():
     inputs = keras3.Input((8, 8, 1))
     x = keras3.layers.Conv2D(4, 3, name="conv")(inputs)
     x = Scale(name="my_scale")(x)
-    x = keras3.ops.add(x, 1.0)
+    x = keras3.ops.add(x, 1.0)  # converts
+    x = keras3.ops.matmul(x, keras3.ops.transpose(x, (0, 1, 3, 2)))
+    x = x + np.ones((6,), "float32")  # a tensor constant
+    x = keras3.ops.gelu(x)  # approximate=True by default: kerasq reads the erf form only
+    x = 2.0 / x
     x = keras3.layers.LayerNormalization(name="ln")(x)
     x = keras3.layers.Flatten()(x)
-    k3 = keras3.Model(inputs, keras3.layers.Dense(2, activation="hard_silu", name="head")(x), name="odd")
+    k3 = keras3.Model(inputs, keras3.layers.Dense(2, activation="hard_tanh", name="head")(x), name="odd")
     with pytest.raises(ValueError) as error:
         kerasq.quantize_model(k3, "int8")
     message = str(error.value)
-    assert "4 layer(s) cannot" in message
+    assert "8 layer(s) cannot" in message, message
     assert "'my_scale' (test_keras3.Scale): a custom layer class" in message
-    assert "a keras.ops call (Add)" in message
+    assert "(keras.src.ops.numpy.Matmul): a keras.ops call (Matmul) in the graph" in message
+    assert "(keras.src.ops.numpy.Transpose): a keras.ops call (Transpose)" in message
+    assert "a keras.ops call (Add) with a constant ndarray of shape (6,)" in message
+    assert "a keras.ops call (Gelu) with {'approximate': True}" in message
+    assert "a keras.ops call (TrueDivide) of a number by a tensor" in message
     assert "'ln' (keras.src.layers.normalization.layer_normalization.LayerNormalization)" in message
-    assert "'head'" in message and "activation 'hard_silu' has no tf_keras equivalent" in message
-    assert "'conv'" not in message
+    assert "'head'" in message and "activation 'hard_tanh' has no tf_keras equivalent" in message
+    assert "'conv'" not in message and "(Add) in the graph" not in message
 
     with pytest.raises(ValueError, match="subclassed Model has no graph"):
         tflite_export.convert(Subclassed(), representative_data=np.zeros((2, 3), np.float32))

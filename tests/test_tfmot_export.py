@@ -164,7 +164,7 @@ def test_logits_model_is_within_one_lsb_almost_everywhere(digits):
 def test_what_tflite_cannot_express_is_named_by_layer(digits):
     """tfmot rounds a convolution's output and, after a max pool, its ReLU's again; TFLite fuses
     the ReLU into the convolution and rounds once. A same-padded average pool keeps its input's
-    grid in TFLite while tfmot gives it a range of its own."""
+    grid in TFLite while tfmot rounds it onto a range of its own: a MUL by 1 rounds it again."""
     (x_train, y_train), (x_test, _) = digits
     i = keras.Input((8, 8, 1))
     x = keras.layers.Conv2D(8, 3, padding="same", name="conv")(i)
@@ -185,6 +185,59 @@ def test_what_tflite_cannot_express_is_named_by_layer(digits):
     with pytest.warns(UserWarning):
         blob = tflite_export.convert(quantized)
     assert tflite_export.compare(integer_model, blob, x_test).max_abs_lsb == 0
+
+
+def _inception_blocks(input_shape=(8, 8, 1), classes=10) -> keras.Model:
+    """InceptionV3's patterns: branches of Conv (no bias) + BatchNorm (no γ) + ReLU layers and a
+    nested Concatenate joined by one Concatenate, then a reduction block concatenating a strided
+    convolution with a max pool of that Concatenate. (Its same-padded average pools, rounded
+    twice, are in ``test_what_tflite_cannot_express_is_named_by_layer``.)"""
+
+    def conv_bn(x, filters, size, name, strides=1):
+        x = keras.layers.Conv2D(filters, size, strides, padding="same", use_bias=False, name=name)(x)
+        x = keras.layers.BatchNormalization(scale=False, name=f"{name}_bn")(x)
+        return keras.layers.Activation("relu", name=f"{name}_relu")(x)
+
+    i = keras.Input(input_shape)
+    stem = conv_bn(i, 8, 3, "stem")
+    wide = conv_bn(conv_bn(stem, 4, 1, "b2a"), 6, 3, "b2b")
+    split = conv_bn(stem, 4, 1, "b3a")
+    nested = keras.layers.Concatenate(name="inner")([conv_bn(split, 3, (1, 3), "b3b"), conv_bn(split, 3, (3, 1), "b3c")])
+    mixed = keras.layers.Concatenate(name="mixed")([conv_bn(stem, 6, 1, "b1"), wide, nested])
+    reduced = conv_bn(mixed, 8, 3, "r1", strides=2)
+    x = keras.layers.Concatenate(name="mixed_r")([reduced, keras.layers.MaxPooling2D(3, 2, padding="same", name="r_pool")(mixed)])
+    x = keras.layers.Dense(classes, name="fc")(keras.layers.GlobalAveragePooling2D(name="gap")(x))
+    return keras.Model(i, x)
+
+
+def test_concatenated_branches_round_once_onto_the_concatenations_range(digits):
+    """tfmot rounds the inputs of a Concatenate (up to six) only after it, and not at all at a
+    Concatenate that feeds another: each branch's output gets the outer Concatenate's range, so
+    the file rounds once where tfmot does, with no data. A Concatenate read by another (through
+    a max pool) is rounded once more onto the outer one's range, as tfmot does."""
+    (x_train, _), (x_test, _) = digits
+    x = np.concatenate([x_train, x_test])
+    keras.utils.set_random_seed(4)
+    quantized = _tfmot_qat(_inception_blocks(), digits, epochs=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to note, no data needed
+        integer_model = kerasq.from_tfmot(quantized)
+    ranges = {
+        name: [float(v.numpy()) for v in quantized.get_layer(f"quant_{name}").non_trainable_weights if "output_m" in v.name]
+        for name in ("mixed", "mixed_r")
+    }
+    for name, concat in [("b1", "mixed"), ("b2b", "mixed"), ("b3b", "mixed"), ("b3c", "mixed"), ("r1", "mixed_r")]:
+        state = integer_model.get_layer(name)._activation_vars  # tfmot leaves these float until the Concatenate
+        assert [float(state["min"].numpy()), float(state["max"].numpy())] == ranges[concat], name
+    (rounding,) = [layer for layer in integer_model.layers if layer.name.startswith("mixed_r_input_")]
+    assert integer_model.get_layer("r_pool").outbound_nodes[0].outbound_layer is rounding  # onto "mixed_r"'s range
+    assert [float(rounding._activation_vars[k].numpy()) for k in ("min", "max")] == ranges["mixed_r"]
+    # tfmot reorders a Concatenate's inputs (tensorflow/model-optimization#1179); the file follows the tfmot model.
+    assert [t.name.split("/")[0] for t in quantized.get_layer("quant_mixed").input][0] != "quant_b1_relu"
+    kerasq.round_tfmot_biases(quantized)
+    blob = tflite_export.convert(quantized)
+    parity = tflite_export.compare(quantized, blob, x)
+    _assert_parity(parity, max_lsb=1, within_one=1.0, bit_exact=0.99, top1=0.995)  # measured: all codes equal
 
 
 def test_a_tensor_tfmot_leaves_float_needs_data_or_fails_naming_it(digits):
