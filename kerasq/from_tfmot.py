@@ -113,7 +113,7 @@ class _TfmotGraph:
         self.kerasq_configs: dict[str, Any] = {}  # layer -> kerasq.QuantizeConfig
         self.wrappers: dict[str, keras.layers.Layer] = {}
         self.weights: dict[str, dict[str, np.ndarray]] = {}  # layer -> {short weight name: value}
-        self.rounded_twice: dict[str, str] = {}  # MUL-by-1 node -> the average pool it rounds
+        self.pool_inputs: dict[str, tuple] = {}  # same-padded average pool with a range -> its input shape
         for node in list(graph.nodes):
             layer = node.layer
             if _is_quantize_layer(layer):
@@ -128,36 +128,56 @@ class _TfmotGraph:
                 self.weights[layer.name] = {_short_name(w): w.numpy() for w in layer.weights}
                 node.layer = _fresh_layer(layer)
         for node in list(graph.nodes):
-            if type(node.layer) is keras.layers.AveragePooling2D and node.name in self.output_ranges:
-                self._round_after(graph, node)
+            if node.name in self.pool_inputs and node.layer.data_format == "channels_last":
+                self._bordered_mean(graph, node)
             elif type(node.layer) is keras.layers.Concatenate and node.name in self.output_ranges:
                 self._separate_concatenations(graph, node)
         graph.name = f"{model.name}_float"
         self.graph = graph
 
-    def _round_after(self, graph: LayerGraph, pool: Node) -> None:
-        """Round a same-padded average pool's output onto tfmot's range for it, by a MUL by 1.
+    def _bordered_mean(self, graph: LayerGraph, pool: Node) -> None:
+        """A same-padded average pool that tfmot rounds onto its own range, as depthwise
+        convolutions that each round their part of the means once onto it.
 
         TFLite's AVERAGE_POOL_2D keeps its input's grid, and near the borders of a same-padded
-        pool the divisor changes, so no depthwise convolution computes it (``_window_mean``).
-        tfmot rounds the mean once onto a range of its own; rounding it onto the input's grid
-        and then onto that range keeps the tensor on tfmot's grid, two roundings instead of one.
+        pool the divisor (the window's cells inside the input) changes, so no one depthwise
+        convolution computes it. Output rows (and columns) whose windows are cut alike form a
+        band; each pair of bands is a Cropping2D of the input and a valid DepthwiseConv2D with
+        weights ``1/(kh'·kw')`` (code 127 of its own scale), and Concatenates along the width,
+        then the height, put the parts together on that range, without rounding again.
         """
-        consumers = graph.consumers(pool.name)
-        rounding = self._insert_rounding(graph, f"{pool.name}_rounding", pool.name, graph.nodes.index(pool) + 1)
-        for consumer in consumers:
-            consumer.inbound = [rounding.name if n == pool.name else n for n in consumer.inbound]
-        graph.outputs = [rounding.name if n == pool.name else n for n in graph.outputs]
-        self.output_ranges[rounding.name] = self.output_ranges.pop(pool.name)
-        self.rounded_twice[rounding.name] = pool.name
+        layer, (source,) = pool.layer, pool.inbound
+        _, height, width, channels = self.pool_inputs[pool.name]
+        rows = _bands(height, layer.pool_size[0], layer.strides[0])
+        columns = _bands(width, layer.pool_size[1], layer.strides[1])
+        nodes: list[Node] = []
 
-    def _insert_rounding(self, graph: LayerGraph, name: str, source: str, position: int) -> Node:
-        """A MUL by 1 of ``source`` at ``position`` of the graph: an op with an output grid of its
-        own (``ScalarArithmetic`` is one in the layer table), which requantizes its input onto it."""
-        rounding = Node(ScalarArithmetic("multiply", 1.0, name=name), [source])
-        graph.nodes.insert(position, rounding)
-        self.weights[name] = {}
-        return rounding
+        def add(new_layer, inbound: list[str]) -> str:
+            nodes.append(Node(new_layer, inbound))
+            self.weights.setdefault(new_layer.name, {})
+            return new_layer.name
+
+        def joined(parts: list[str], axis: int, name: str) -> str:
+            return parts[0] if len(parts) == 1 else add(keras.layers.Concatenate(axis=axis, name=name), parts)
+
+        row_parts = []
+        for r, (row_crop, row_kernel) in enumerate(rows):
+            parts = []
+            for c, (column_crop, column_kernel) in enumerate(columns):
+                last = len(rows) == len(columns) == 1
+                name = pool.name if last else f"{pool.name}_part_{r}_{c}"
+                cropped = source
+                if any(row_crop + column_crop):
+                    cropped = add(keras.layers.Cropping2D((row_crop, column_crop), name=f"{pool.name}_crop_{r}_{c}"), [source])
+                self.weights[name] = {
+                    "depthwise_kernel": np.full((row_kernel, column_kernel, channels, 1), 1.0 / (row_kernel * column_kernel), np.float32)
+                }
+                mean = keras.layers.DepthwiseConv2D((row_kernel, column_kernel), strides=layer.strides, use_bias=False, name=name)
+                parts.append(add(mean, [cropped]))
+            row_parts.append(joined(parts, 2, pool.name if len(rows) == 1 else f"{pool.name}_row_{r}"))
+        joined(row_parts, 1, pool.name)  # the pool's name: its readers and its stored range stay
+        position = graph.nodes.index(pool)
+        graph.nodes[position : position + 1] = nodes
 
     def _unwrap(self, wrapper) -> keras.layers.Layer:
         inner = wrapper.layer
@@ -183,8 +203,10 @@ class _TfmotGraph:
         ]
         if activation is None and "activation" in inner.get_config():
             activation = _activation_name(inner.activation)
-        if name in self.output_ranges and type(inner) is keras.layers.AveragePooling2D and inner.padding == "valid":
-            return self._window_mean(inner, int(wrapper.input_shape[-1]))
+        if name in self.output_ranges and type(inner) is keras.layers.AveragePooling2D:
+            if inner.padding == "valid":
+                return self._window_mean(inner, int(wrapper.input_shape[-1]))
+            self.pool_inputs[name] = tuple(wrapper.input_shape)
         return _fresh_layer(inner, activation)
 
     def _separate_concatenations(self, graph: LayerGraph, concat: Node) -> None:
@@ -201,8 +223,11 @@ class _TfmotGraph:
                 inner = layers[inner].inbound[0]
             if inner not in self.output_ranges or type(layers[inner].layer) is not keras.layers.Concatenate:
                 continue
-            name = f"{concat.name}_input_{index}_rounding"
-            concat.inbound[index] = self._insert_rounding(graph, name, source, graph.nodes.index(concat)).name
+            # A MUL by 1: an op with an output grid of its own, which requantizes its input onto it.
+            rounding = ScalarArithmetic("multiply", 1.0, name=f"{concat.name}_input_{index}_rounding")
+            graph.nodes.insert(graph.nodes.index(concat), Node(rounding, [source]))
+            concat.inbound[index] = rounding.name
+            self.weights[rounding.name] = {}
 
     def _window_mean(self, pool: keras.layers.AveragePooling2D, channels: int) -> keras.layers.Layer:
         """A valid-padded average pool that tfmot rounds onto its own range, as the DepthwiseConv2D
@@ -230,6 +255,26 @@ class _TfmotGraph:
                 raise ValueError(f"Layer {layer.name!r} of the tfmot model has no weights named {missing}.")
             layer.set_weights([stored[_short_name(w)] for w in layer.weights])
         return model
+
+
+def _bands(size: int, kernel: int, stride: int) -> list[tuple[tuple[int, int], int]]:
+    """The bands of a same-padded pooling axis: ``[((crop_before, crop_after), kernel)]``.
+
+    Consecutive outputs whose windows lose the same cells to the padding form a band; a valid
+    pool with the band's kernel over the input cropped to the band's cells computes its outputs.
+    """
+    outputs = -(-size // stride)
+    before = max((outputs - 1) * stride + kernel - size, 0) // 2
+    cuts = [(max(0, before - i * stride), max(0, i * stride - before + kernel - size)) for i in range(outputs)]
+    bands, first = [], 0
+    for i in range(1, outputs + 1):
+        if i == outputs or cuts[i] != cuts[first]:
+            top, bottom = cuts[first]
+            start = first * stride - before + top
+            end = (i - 1) * stride - before + kernel - bottom
+            bands.append(((start, size - end), kernel - top - bottom))
+            first = i
+    return bands
 
 
 def tfmot_float_model(model: keras.Model) -> keras.Model:
@@ -539,11 +584,6 @@ def _integer_model(model: keras.Model, representative_data, target) -> tuple[Qua
                 f"{name}: tfmot rounds its output onto its own range [{lo:.6g}, {hi:.6g}]; the integer model does not "
                 "round there (TFLite fuses it into the op before, or keeps the op on its input's grid)."
             )
-    for name, pool in tfmot.rounded_twice.items():
-        notes.append(
-            f"{pool}: tfmot rounds the mean once onto its own range; TFLite's AVERAGE_POOL_2D rounds it onto its "
-            f"input's grid, then {name} (a MUL by 1) onto that range: two roundings."
-        )
     for name in tfmot.pre_activation_ranges:
         if ("pre", name) not in used:
             notes.append(f"{name}: tfmot rounds before its activation; the integer model does not round there.")
