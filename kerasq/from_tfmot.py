@@ -16,7 +16,12 @@ arithmetic, so ``tflite_export.convert`` writes what the tfmot model computes:
   pre-activation range (softmax, sigmoid, tanh) becomes the layer's pre-activation grid;
 - Concatenate: tfmot rounds each input onto its own grid and the concatenation onto another;
   TFLite's CONCATENATION needs one, so each input is requantized onto the concatenation's
-  grid (an int8→int8 QUANTIZE), which is that second rounding;
+  grid (an int8→int8 QUANTIZE), which is that second rounding. Inputs tfmot leaves float until
+  the Concatenate (its concat transform) round once onto its grid; a Concatenate read by
+  another keeps its own grid and a MUL by 1 requantizes it onto the outer one's;
+- average pools with a range of their own: TFLite's AVERAGE_POOL_2D keeps its input's grid, so
+  the means are depthwise convolutions with weights ``1/(kh·kw)`` (one per band of windows a
+  same padding cuts alike), which round them once onto that range;
 - layers annotated with ``kerasq.QuantizeConfig`` keep their kerasq quantizers and state.
 
 What TFLite cannot express exactly (a rounding inside a chain kerasq fuses into one kernel, an
