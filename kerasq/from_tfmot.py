@@ -226,7 +226,7 @@ class _TfmotGraph:
             inner = source
             while inner in layers and type(layers[inner].layer) is not keras.layers.Concatenate and _copies_codes(layers[inner].layer):
                 inner = layers[inner].inbound[0]
-            if inner not in self.output_ranges or type(layers[inner].layer) is not keras.layers.Concatenate:
+            if inner not in layers or inner not in self.output_ranges or type(layers[inner].layer) is not keras.layers.Concatenate:
                 continue
             # A MUL by 1: an op with an output grid of its own, which requantizes its input onto it.
             rounding = ScalarArithmetic("multiply", 1.0, name=f"{concat.name}_input_{index}_rounding")
